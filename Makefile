@@ -1,0 +1,48 @@
+# The few commands everybody runs. Each sets up what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+HOST   ?= 127.0.0.1
+
+.PHONY: run test lint types check demo-links bench system-packages clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.runtime
+
+## make run: set up, then serve vio with demo data on the embedded SQLite database
+run: $(VENV)/.runtime
+	$(BIN)/vio serve --demo --host $(HOST) --port $(PORT)
+
+## make demo-links: print the demo's sign-in links (for the server `make run` started)
+demo-links: $(VENV)/.runtime
+	VIO_PUBLIC_BASE_URL=http://$(HOST):$(PORT) $(BIN)/vio demo-links
+
+## make test: set up (Python packages, Chromium), then lint, type-check and run the whole suite
+test: $(VENV)/.test system-packages lint types
+	$(BIN)/python -m pytest
+
+system-packages:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium util-linux iproute2; \
+	fi
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check vio tests run.py
+
+types: $(VENV)/.test
+	$(BIN)/mypy vio
+
+check: lint types
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

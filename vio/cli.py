@@ -1,0 +1,131 @@
+"""The ``vio`` command: serve, migrate, demo links, and a headless bot participant."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from vio.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"vio: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _migrate(settings: Settings) -> None:
+    from vio.db import create_engine, migrate
+
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _seed_demo(settings: Settings) -> None:
+    from vio import demo
+    from vio.clock import SystemClock
+    from vio.db import create_engine, session_factory
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as db:
+            await demo.seed(db, settings.timezone, SystemClock().now())
+            await db.commit()
+    finally:
+        await engine.dispose()
+
+
+async def _demo_links(settings: Settings) -> dict[str, object]:
+    from vio import demo
+    from vio.clock import SystemClock
+    from vio.db import create_engine, session_factory
+    from vio.security import Signer
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as db:
+            links = await demo.demo_links(db, Signer(settings.secret_key),
+                                          settings.public_base_url, settings.timezone,
+                                          SystemClock().now())
+            await db.commit()
+            return links
+    finally:
+        await engine.dispose()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vio.app import create_app
+
+    settings = _settings()
+    if "VIO_PUBLIC_BASE_URL" not in os.environ:
+        settings = dataclasses.replace(
+            settings, public_base_url=f"http://{args.host}:{args.port}")
+    asyncio.run(_migrate(settings))
+    if args.demo:
+        asyncio.run(_seed_demo(settings))
+        print(f"vio demo is ready: open {settings.public_base_url}/ "
+              f"(therapist sign-in: therapist@demo.vio / demo-therapist; "
+              f"patient links: `vio demo-links --json`)", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port,
+                log_level="info", ws_max_size=settings.ws_max_message_bytes)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    asyncio.run(_migrate(_settings()))
+    print("database is up to date")
+    return 0
+
+
+def cmd_demo_links(args: argparse.Namespace) -> int:
+    settings = _settings()
+    asyncio.run(_migrate(settings))
+    links = asyncio.run(_demo_links(settings))
+    if args.json:
+        print(json.dumps(links, indent=2))
+    else:
+        print(f"Therapist: {links['therapist']}\nAdmin: {links['admin']}")
+        for patient in links["patients"]:  # type: ignore[attr-defined]
+            print(f"{patient['name']:<12} {patient['link']}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="vio", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="migrate the database and serve vio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--demo", action="store_true", help="seed the demo program")
+    serve.set_defaults(run=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(run=cmd_migrate)
+
+    links = commands.add_parser("demo-links", help="print the demo's ways in")
+    links.add_argument("--json", action="store_true")
+    links.set_defaults(run=cmd_demo_links)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

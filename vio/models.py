@@ -1,0 +1,336 @@
+"""The clinic's records: program, staff, patients, groups and rosters, sessions, consents, audit.
+
+Times are stored in UTC and come back timezone-aware; a session's local wall-clock time is
+derived from its ``timezone``. Schema changes go through Alembic (``vio/migrations``).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Time,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A moment in time: stored as naive UTC, always returned timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; attach a time zone")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    return Enum(cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+
+
+class StaffRole(enum.StrEnum):
+    THERAPIST = "therapist"
+    ADMIN = "admin"
+
+
+class LevelOfCare(enum.StrEnum):
+    """ASAM levels of care a program runs (DESIGN.md, weekly hours)."""
+
+    OUTPATIENT = "1"
+    IOP = "2.1"
+    PARTIAL_HOSPITALIZATION = "2.5"
+
+
+class AgeGroup(enum.StrEnum):
+    ADULT = "adult"
+    ADOLESCENT = "adolescent"
+
+
+class EnrollmentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    ON_HOLD = "on-hold"
+    DISCHARGED = "discharged"
+
+
+class SessionKind(enum.StrEnum):
+    GROUP = "group"
+    INDIVIDUAL = "individual"
+    FAMILY = "family"
+    MULTI_FAMILY = "multi-family"
+
+
+class SessionStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    OPEN = "open"
+    ENDED = "ended"
+    CANCELLED = "cancelled"
+
+
+class ConsentKind(enum.StrEnum):
+    TELEHEALTH = "telehealth"
+    GROUP_PARTICIPATION = "group-participation"
+    FAMILY_DISCLOSURE = "family-disclosure"
+
+
+# Billing-code hints by session kind (DESIGN.md "Session kinds and their billing hints").
+DEFAULT_BILLING_CODE = {
+    SessionKind.GROUP: "90853",
+    SessionKind.INDIVIDUAL: "90837",
+    SessionKind.FAMILY: "90847",
+    SessionKind.MULTI_FAMILY: "90849",
+}
+BILLING_CODES = ("90853", "90832", "90834", "90837", "90846", "90847", "90849")
+
+
+class Program(Base):
+    __tablename__ = "programs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    emergency_number: Mapped[str] = mapped_column(String(32), default="911")
+    # Weekly hour targets by level of care (DESIGN.md: 2.1 adult 9 h, adolescent 6 h; 2.5 20 h).
+    target_hours_iop_adult: Mapped[float] = mapped_column(default=9.0)
+    target_hours_iop_adolescent: Mapped[float] = mapped_column(default=6.0)
+    target_hours_php: Mapped[float] = mapped_column(default=20.0)
+    target_hours_outpatient: Mapped[float] = mapped_column(default=3.0)
+    present_threshold_percent: Mapped[int] = mapped_column(default=75)
+    absences_before_outreach: Mapped[int] = mapped_column(default=2)
+
+    def weekly_target_hours(self, level: LevelOfCare, age_group: AgeGroup) -> float:
+        if level is LevelOfCare.PARTIAL_HOSPITALIZATION:
+            return self.target_hours_php
+        if level is LevelOfCare.OUTPATIENT:
+            return self.target_hours_outpatient
+        if age_group is AgeGroup.ADOLESCENT:
+            return self.target_hours_iop_adolescent
+        return self.target_hours_iop_adult
+
+
+class StaffUser(Base):
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    role: Mapped[StaffRole] = mapped_column(_enum(StaffRole))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
+    legal_name: Mapped[str] = mapped_column(String(200))
+    room_name: Mapped[str | None] = mapped_column(String(80))
+    level_of_care: Mapped[LevelOfCare] = mapped_column(_enum(LevelOfCare))
+    age_group: Mapped[AgeGroup] = mapped_column(_enum(AgeGroup))
+    weekly_target_override: Mapped[float | None]
+    enrolled_on: Mapped[date] = mapped_column(Date)
+    enrollment_ends_on: Mapped[date] = mapped_column(Date)
+    status: Mapped[EnrollmentStatus] = mapped_column(
+        _enum(EnrollmentStatus), default=EnrollmentStatus.ACTIVE)
+    emergency_contact_name: Mapped[str] = mapped_column(String(200), default="")
+    emergency_contact_phone: Mapped[str] = mapped_column(String(40), default="")
+    usual_location: Mapped[str] = mapped_column(String(300), default="")
+
+    program: Mapped[Program] = relationship(lazy="raise")
+
+    @property
+    def display_name(self) -> str:
+        """The name the group sees: chosen, or first name and last initial."""
+        if self.room_name:
+            return self.room_name
+        return default_room_name(self.legal_name)
+
+    def is_enrolled_on(self, day: date) -> bool:
+        return (self.status is EnrollmentStatus.ACTIVE
+                and self.enrolled_on <= day <= self.enrollment_ends_on)
+
+
+def default_room_name(legal_name: str) -> str:
+    parts = legal_name.split()
+    if len(parts) < 2:
+        return legal_name
+    return f"{parts[0]} {parts[-1][0]}."
+
+
+class PatientLink(Base):
+    """A patient's personal sign-in link; only a hash of its secret part is kept."""
+
+    __tablename__ = "patient_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class GroupTherapist(Base):
+    __tablename__ = "group_therapists"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"), primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), primary_key=True)
+
+
+class RosterMembership(Base):
+    """A patient's place on a group's roster from ``joined_on`` until ``left_on`` (inclusive)."""
+
+    __tablename__ = "roster_memberships"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"), index=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    joined_on: Mapped[date] = mapped_column(Date)
+    left_on: Mapped[date | None] = mapped_column(Date)
+
+    def covers(self, day: date) -> bool:
+        return self.joined_on <= day and (self.left_on is None or day <= self.left_on)
+
+
+class SessionSeries(Base):
+    """A weekly recurring schedule: the same local time on chosen weekdays for some weeks."""
+
+    __tablename__ = "session_series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
+    title: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[SessionKind] = mapped_column(_enum(SessionKind))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    weekdays: Mapped[str] = mapped_column(String(20))  # ISO weekdays, "1,3,4" = Mon, Wed, Thu
+    local_start: Mapped[time] = mapped_column(Time)
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    timezone: Mapped[str] = mapped_column(String(64))
+    first_day: Mapped[date] = mapped_column(Date)
+    weeks: Mapped[int] = mapped_column(Integer)
+
+
+class Session(Base):
+    """One scheduled therapy session: a room that opens, runs and ends on schedule."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    program_id: Mapped[int] = mapped_column(ForeignKey("programs.id"))
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("session_series.id"))
+    title: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[SessionKind] = mapped_column(_enum(SessionKind))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id"))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    starts_at: Mapped[datetime] = mapped_column(index=True)
+    duration_minutes: Mapped[int] = mapped_column(Integer)
+    extended_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    timezone: Mapped[str] = mapped_column(String(64))
+    status: Mapped[SessionStatus] = mapped_column(
+        _enum(SessionStatus), default=SessionStatus.SCHEDULED)
+    billing_code: Mapped[str] = mapped_column(String(10))
+    auto_admit_patients: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    @property
+    def ends_at(self) -> datetime:
+        return self.starts_at + timedelta(minutes=self.duration_minutes + self.extended_minutes)
+
+
+class SessionTherapist(Base):
+    __tablename__ = "session_therapists"
+
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff_users.id"), primary_key=True)
+
+
+class FamilyMember(Base):
+    __tablename__ = "family_members"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    relationship_to_patient: Mapped[str] = mapped_column(String(80))
+    contact: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Consent(Base):
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    kind: Mapped[ConsentKind] = mapped_column(_enum(ConsentKind))
+    family_member_id: Mapped[int | None] = mapped_column(ForeignKey("family_members.id"))
+    scope: Mapped[str] = mapped_column(String(200), default="")
+    granted_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    def active_at(self, moment: datetime) -> bool:
+        return (self.granted_at <= moment
+                and (self.expires_at is None or moment < self.expires_at)
+                and (self.revoked_at is None or moment < self.revoked_at))
+
+
+class AuditEvent(Base):
+    """Append-only record of who did what to whom, and when."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(80))
+    target: Mapped[str] = mapped_column(String(120))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+__all__ = [
+    "AgeGroup", "AuditEvent", "Base", "Consent", "ConsentKind", "EnrollmentStatus", "FamilyMember",
+    "Group", "GroupTherapist", "LevelOfCare", "Patient", "PatientLink", "Program",
+    "RosterMembership", "Session", "SessionKind", "SessionSeries", "SessionStatus",
+    "SessionTherapist", "StaffRole", "StaffUser",
+]
