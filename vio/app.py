@@ -16,8 +16,10 @@ from starlette.staticfiles import StaticFiles
 
 from vio.clock import Clock, SystemClock
 from vio.db import create_engine, session_factory
-from vio.pages import auth, public, staff
+from vio.media import MediaConfig, MediaRouter, announce_host_addresses
+from vio.pages import auth, public, room, staff
 from vio.pages.common import WEB, AppState, render
+from vio.rooms.signaling import DatabaseRoomStore, RoomDirectory
 from vio.security import LoginThrottle, Signer
 from vio.settings import Settings
 
@@ -41,11 +43,20 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         login_throttle=LoginThrottle(settings.login_max_failures, settings.login_window_seconds),
     )
 
+    if settings.ice_announce_addresses:
+        announce_host_addresses(list(settings.ice_announce_addresses))
+    media_config = MediaConfig(ice_servers=settings.ice_servers,
+                               max_video_forwarded=settings.max_video_forwarded)
+    rooms = RoomDirectory(settings, app_state.clock,
+                          DatabaseRoomStore(app_state.db, app_state.clock),
+                          lambda: MediaRouter(media_config))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await rooms.close()
             await engine.dispose()
 
     app = Starlette(
@@ -53,6 +64,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
             *public.routes,
             *auth.routes,
             *staff.routes,
+            *room.routes,
             Mount("/static", StaticFiles(directory=WEB / "static"), name="static"),
         ],
         middleware=[
@@ -64,4 +76,5 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.vio = app_state
+    app.state.rooms = rooms
     return app

@@ -102,6 +102,27 @@ def cmd_demo_links(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bot(args: argparse.Namespace) -> int:
+    from vio.bot import SignInFailed, run_bot
+    from vio.media import announce_host_addresses
+    from vio.settings import parse_list
+
+    env_addresses = os.environ.get("VIO_ICE_ANNOUNCE_ADDRESSES", "")
+    addresses = args.ice_address or list(parse_list(env_addresses))
+    if addresses:
+        announce_host_addresses(addresses)
+    try:
+        result = asyncio.run(run_bot(
+            args.link, seconds=args.seconds, email=args.email, password=args.password,
+            session_id=args.session, camera=not args.no_camera, mic=not args.no_mic,
+            admit_all=args.admit_all, name=args.name))
+    except SignInFailed as exc:
+        print(f"vio bot: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.summary()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="vio", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -118,6 +139,23 @@ def parser() -> argparse.ArgumentParser:
     links = commands.add_parser("demo-links", help="print the demo's ways in")
     links.add_argument("--json", action="store_true")
     links.set_defaults(run=cmd_demo_links)
+
+    bot = commands.add_parser("bot", help="join a session as a headless participant")
+    bot.add_argument("--link", required=True,
+                     help="a patient's personal link, or the sign-in page URL/login for staff")
+    bot.add_argument("--email")
+    bot.add_argument("--password")
+    bot.add_argument("--session", type=int, help="session id (default: the one open now)")
+    bot.add_argument("--seconds", type=float, default=10.0)
+    bot.add_argument("--no-camera", action="store_true")
+    bot.add_argument("--no-mic", action="store_true")
+    bot.add_argument("--admit-all", action="store_true",
+                     help="as a therapist, admit everyone who waits")
+    bot.add_argument("--name", help="display name (family invites)")
+    bot.add_argument("--ice-address", action="append",
+                     help="host address to offer as ICE candidate (repeatable; default: "
+                          "VIO_ICE_ANNOUNCE_ADDRESSES)")
+    bot.set_defaults(run=cmd_bot)
     return root
 
 

@@ -100,6 +100,14 @@ class SessionStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class WaitingRoomPolicy(enum.StrEnum):
+    """Who lets rostered patients in. Family members always wait for a therapist."""
+
+    THERAPIST_ADMITS = "therapist-admits"
+    AUTO_WITH_THERAPIST = "auto-with-therapist"  # patients enter once a therapist is in
+    OPEN = "open"  # patients enter directly
+
+
 class ConsentKind(enum.StrEnum):
     TELEHEALTH = "telehealth"
     GROUP_PARTICIPATION = "group-participation"
@@ -273,7 +281,8 @@ class Session(Base):
     status: Mapped[SessionStatus] = mapped_column(
         _enum(SessionStatus), default=SessionStatus.SCHEDULED)
     billing_code: Mapped[str] = mapped_column(String(10))
-    auto_admit_patients: Mapped[bool] = mapped_column(Boolean, default=False)
+    waiting_room: Mapped[WaitingRoomPolicy] = mapped_column(
+        _enum(WaitingRoomPolicy), default=WaitingRoomPolicy.THERAPIST_ADMITS)
 
     @property
     def ends_at(self) -> datetime:
@@ -332,5 +341,5 @@ __all__ = [
     "AgeGroup", "AuditEvent", "Base", "Consent", "ConsentKind", "EnrollmentStatus", "FamilyMember",
     "Group", "GroupTherapist", "LevelOfCare", "Patient", "PatientLink", "Program",
     "RosterMembership", "Session", "SessionKind", "SessionSeries", "SessionStatus",
-    "SessionTherapist", "StaffRole", "StaffUser",
+    "SessionTherapist", "StaffRole", "StaffUser", "WaitingRoomPolicy",
 ]

@@ -31,6 +31,13 @@ def _int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _seconds(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0 < value <= 3600:
+        raise ValueError("must be a number of seconds above 0 and at most 3600")
+    return value
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -40,12 +47,12 @@ def _bool(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _list(raw: str) -> tuple[str, ...]:
+def parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
 def _minutes_list(raw: str) -> tuple[int, ...]:
-    values = tuple(sorted({int(item) for item in _list(raw)}, reverse=True))
+    values = tuple(sorted({int(item) for item in parse_list(raw)}, reverse=True))
     if any(v <= 0 for v in values):
         raise ValueError("must be positive whole minutes, comma-separated")
     return values
@@ -80,7 +87,7 @@ def _text(raw: str) -> str:
 
 
 def _ice_servers(raw: str) -> tuple[str, ...]:
-    servers = _list(raw)
+    servers = parse_list(raw)
     for server in servers:
         if not server.startswith(("stun:", "turn:", "turns:")):
             raise ValueError("each entry must be a stun:, turn: or turns: URL")
@@ -124,7 +131,7 @@ class Settings:
         "STUN/TURN servers offered to browsers and used by the server, comma-separated. "
         "None by default.")
     ice_announce_addresses: tuple[str, ...] = setting(
-        "VIO_ICE_ANNOUNCE_ADDRESSES", (), _list,
+        "VIO_ICE_ANNOUNCE_ADDRESSES", (), parse_list,
         "Host addresses the media server offers as ICE candidates (e.g. `127.0.0.1`, or a "
         "public address behind NAT). Empty: every non-loopback interface.")
     publish_width: int = setting(
@@ -157,11 +164,17 @@ class Settings:
         "VIO_WS_SEND_QUEUE", 64, _int(4, 10000),
         "Messages queued for one client before it is dropped as too slow.")
     ws_send_timeout_seconds: float = setting(
-        "VIO_WS_SEND_TIMEOUT_SECONDS", 5.0, float,
+        "VIO_WS_SEND_TIMEOUT_SECONDS", 5.0, _seconds,
         "A send that takes longer than this drops the client.")
     ws_idle_timeout_seconds: float = setting(
-        "VIO_WS_IDLE_TIMEOUT_SECONDS", 45.0, float,
+        "VIO_WS_IDLE_TIMEOUT_SECONDS", 45.0, _seconds,
         "A client silent for this long (no message, no ping) is dropped.")
+    join_timeout_seconds: float = setting(
+        "VIO_JOIN_TIMEOUT_SECONDS", 10.0, _seconds,
+        "A new signaling connection must send `join` within this time.")
+    room_tick_seconds: float = setting(
+        "VIO_ROOM_TICK_SECONDS", 1.0, _seconds,
+        "How often a room checks its clock for warnings and the end.")
     cookie_secure: bool = setting(
         "VIO_COOKIE_SECURE", False, _bool, "Send cookies only over HTTPS.")
 

@@ -170,7 +170,7 @@ def upgrade() -> None:
     sa.Column('timezone', sa.String(length=64), nullable=False),
     sa.Column('status', sa.Enum('scheduled', 'open', 'ended', 'cancelled', name='sessionstatus', native_enum=False, length=32), nullable=False),
     sa.Column('billing_code', sa.String(length=10), nullable=False),
-    sa.Column('auto_admit_patients', sa.Boolean(), nullable=False),
+    sa.Column('waiting_room', sa.Enum('therapist-admits', 'auto-with-therapist', 'open', name='waitingroompolicy', native_enum=False, length=32), nullable=False),
     sa.ForeignKeyConstraint(['group_id'], ['groups.id'], name=op.f('fk_sessions_group_id_groups')),
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], name=op.f('fk_sessions_patient_id_patients')),
     sa.ForeignKeyConstraint(['program_id'], ['programs.id'], name=op.f('fk_sessions_program_id_programs')),

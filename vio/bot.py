@@ -1,0 +1,249 @@
+"""``vio bot``: a headless participant for smoke tests, demos and load.
+
+It signs in like a person (a patient's personal link, or a therapist's email and password),
+joins a session over the signaling WebSocket, publishes a synthetic camera (a frame counter drawn
+in) and a tone, decodes what the others send, and prints one JSON summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from http.cookiejar import CookieJar
+from typing import Any
+
+import av
+import websockets
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from vio.media import CounterVideoTrack, ToneAudioTrack, read_counter, rtc_configuration
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass
+class RemoteStats:
+    participant_id: str
+    name: str = ""
+    role: str = ""
+    video_frames: int = 0
+    audio_frames: int = 0
+    decode_errors: int = 0
+    last_counter: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "video_frames": self.video_frames,
+                "audio_frames": self.audio_frames, "decode_errors": self.decode_errors}
+
+
+@dataclass
+class BotResult:
+    admitted: bool = False
+    refusal: str | None = None
+    ended: bool = False
+    remote: dict[str, RemoteStats] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {"admitted": self.admitted, "refusal": self.refusal,
+                "remote": [r.summary() for r in self.remote.values()]}
+
+
+class SignInFailed(Exception):
+    pass
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def sign_in(link: str, email: str | None, password: str | None) -> tuple[str, str]:
+    """Sign in through the web pages; returns (base URL, Cookie header)."""
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect)
+    parts = urllib.parse.urlsplit(link)
+    base = f"{parts.scheme}://{parts.netloc}"
+
+    def fetch(url: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        try:
+            with opener.open(url, body, timeout=HTTP_TIMEOUT_SECONDS) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    if parts.path.rstrip("/").endswith("/login"):
+        if not email or not password:
+            raise SignInFailed("a /login link needs --email and --password")
+        _, page = fetch(link)
+        match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        if match is None:
+            raise SignInFailed("the sign-in page has no form")
+        status, _ = fetch(link, {"email": email, "password": password,
+                                 "csrf_token": match.group(1), "next": "/staff"})
+    else:
+        status, _ = fetch(link)
+    if status != 303:
+        raise SignInFailed(f"sign-in was refused (HTTP {status})")
+    cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+    return base, cookie
+
+
+def joinable_sessions(base: str, cookie: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(f"{base}/api/sessions/joinable", headers={"Cookie": cookie})
+    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
+        sessions: list[dict[str, Any]] = json.load(response)["sessions"]
+        return sessions
+
+
+class Bot:
+    """One participant: signaling, a peer connection, synthetic media, and receive counters."""
+
+    def __init__(self, ws_url: str, cookie: str, *, camera: bool = True, mic: bool = True,
+                 admit_all: bool = False, name: str | None = None) -> None:
+        self.ws_url = ws_url
+        self.cookie = cookie
+        self.admit_all = admit_all
+        self.name = name
+        self.result = BotResult()
+        self.participant_id: str | None = None
+        self.pc = RTCPeerConnection(rtc_configuration(()))
+        self.local: dict[str, MediaStreamTrack] = {}
+        if camera:
+            self.local["video"] = CounterVideoTrack()
+        if mic:
+            self.local["audio"] = ToneAudioTrack()
+        self._mids: dict[str, tuple[str, str]] = {}
+        self._consumers: set[asyncio.Task[None]] = set()
+        self._ws: Any = None
+        self.first_video = asyncio.Event()
+        self.pc.on("track", self._on_track)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send(json.dumps(message))
+
+    async def run(self, seconds: float) -> BotResult:
+        try:
+            async with websockets.connect(
+                    self.ws_url, additional_headers={"Cookie": self.cookie},
+                    open_timeout=CONNECT_TIMEOUT_SECONDS) as ws:
+                self._ws = ws
+                join: dict[str, Any] = {"type": "join", "v": 1}
+                if self.name:
+                    join["name"] = self.name
+                await self.send(join)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._read(ws), seconds)
+                if not self.result.ended and self.result.refusal is None:
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await self.send({"type": "leave"})
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            await self.close()
+        return self.result
+
+    async def _read(self, ws: Any) -> None:
+        async for raw in ws:
+            await self._on_message(json.loads(raw))
+            if self.result.refusal is not None or self.result.ended:
+                return
+
+    async def _on_message(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "welcome":
+            self.result.admitted = True
+            self.participant_id = msg["you"]["id"]
+            for p in msg["participants"]:
+                self._remote(p["id"], p["name"], p["role"])
+        elif kind == "participant-joined":
+            p = msg["participant"]
+            self._remote(p["id"], p["name"], p["role"])
+        elif kind == "offer":
+            await self._answer(msg["sdp"], msg["tracks"])
+        elif kind == "waiting-list" and self.admit_all and msg["waiting"]:
+            await self.send({"type": "admit-all"})
+        elif kind == "refused":
+            self.result.refusal = msg["code"]
+        elif kind == "ended":
+            self.result.ended = True
+
+    def _remote(self, pid: str, name: str = "", role: str = "") -> RemoteStats:
+        stats = self.result.remote.get(pid)
+        if stats is None:
+            stats = self.result.remote[pid] = RemoteStats(pid)
+        stats.name = name or stats.name
+        stats.role = role or stats.role
+        return stats
+
+    async def _answer(self, sdp: str, tracks: list[dict[str, str]]) -> None:
+        self._mids = {t["mid"]: (t["participant_id"], t["kind"]) for t in tracks}
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            owner, kind = self._mids.get(transceiver.mid or "", ("", ""))
+            if owner == self.participant_id and kind in self.local:
+                transceiver.direction = "sendonly"
+                if transceiver.sender.track is None:
+                    transceiver.sender.replaceTrack(self.local[kind])
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        await self.send({"type": "answer", "sdp": self.pc.localDescription.sdp})
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        transceiver = next((t for t in self.pc.getTransceivers()
+                            if t.receiver.track is track), None)
+        mid = transceiver.mid if transceiver is not None and transceiver.mid else ""
+        owner = self._mids.get(mid, ("", ""))[0]
+        task = asyncio.create_task(self._consume(track, self._remote(owner)))
+        self._consumers.add(task)
+        task.add_done_callback(self._consumers.discard)
+
+    async def _consume(self, track: MediaStreamTrack, stats: RemoteStats) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if track.kind == "audio":
+                    stats.audio_frames += 1
+                    continue
+                assert isinstance(frame, av.VideoFrame)
+                counter = read_counter(frame)
+                if counter is None:
+                    stats.decode_errors += 1
+                    continue
+                stats.video_frames += 1
+                stats.last_counter = counter
+                self.first_video.set()
+
+    async def close(self) -> None:
+        for task in list(self._consumers):
+            task.cancel()
+        await self.pc.close()
+        for track in self.local.values():
+            track.stop()
+
+
+async def run_bot(link: str, *, seconds: float, email: str | None = None,
+                  password: str | None = None, session_id: int | None = None,
+                  camera: bool = True, mic: bool = True, admit_all: bool = False,
+                  name: str | None = None) -> BotResult:
+    base, cookie = await asyncio.to_thread(sign_in, link, email, password)
+    if session_id is None:
+        sessions = await asyncio.to_thread(joinable_sessions, base, cookie)
+        if not sessions:
+            return BotResult(refusal="no-joinable-session")
+        session_id = int(sessions[0]["id"])
+    ws_base = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
+    bot = Bot(f"{ws_base}/ws/sessions/{session_id}", cookie, camera=camera, mic=mic,
+              admit_all=admit_all, name=name)
+    return await bot.run(seconds)

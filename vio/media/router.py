@@ -1,0 +1,443 @@
+"""The media router of one room: a selective forwarding unit built on aiortc.
+
+The server terminates each participant's WebRTC connection and always makes the offer: two
+receive-only transceivers for what the participant publishes (audio, video), then one
+send-only transceiver per track of every other participant. Media is forwarded without
+decoding (see :mod:`vio.media.passthrough`); video goes to each receiver only from the
+therapists and the most recent speakers (``max_video_forwarded``), audio from everyone.
+
+Negotiation is serialised per participant: at most one offer is outstanding per connection;
+changes made meanwhile (someone joins or leaves) are folded into the next offer, made once the
+answer is in. Leaving ends the forwarded tracks at once (the senders stop, which sends RTCP BYE)
+and the next offer marks their m-lines inactive; aiortc cannot remove m-lines.
+
+Speaking and media presence come from packets, never from decoding: the RTP
+``ssrc-audio-level`` header extension (RFC 6464) when the client sends it, else the Opus
+payload size; and when an audio or video frame last arrived from each participant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.rtp import RtpPacket
+
+from .ice import rtc_configuration
+from .passthrough import ForwardedTrack, PacketSource, SourceTrack, install_passthrough_hooks
+
+__all__ = ["MediaConfig", "MediaError", "MediaRouter", "MediaState", "TrackInfo"]
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("audio", "video")
+_PINNED_CODECS = {"audio": ("audio/opus",), "video": ("video/vp8", "video/rtx")}
+
+
+class MediaError(ValueError):
+    """A media request that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Tuning of a :class:`MediaRouter`; every duration is in seconds."""
+
+    ice_servers: tuple[str, ...] = ()
+    """STUN/TURN URLs for the server's peer connections; none by default (no public STUN)."""
+    queue_size: int = 32
+    """Frames buffered per forwarded leg before it drops to the next keyframe."""
+    keyframe_throttle_s: float = 0.5
+    """Least time between two keyframe requests to one publisher."""
+    max_video_forwarded: int = 6
+    """Videos forwarded to each receiver besides the therapists': the latest speakers."""
+    speaker_hold_s: float = 1.5
+    """A participant counts as speaking until this long after their last loud audio packet."""
+    speaking_max_level: int = 50
+    """Loud means an RFC 6464 audio level at most this (i.e. at least -50 dBov)."""
+    speaking_min_opus_bytes: int = 40
+    """Without the audio-level extension, an Opus payload this big counts as loud."""
+    media_timeout_s: float = 2.0
+    """Audio/video counts as arriving while its last frame is at most this old."""
+    monitor_interval_s: float = 0.25
+    """How often speaking and media presence are re-evaluated."""
+
+    def __post_init__(self) -> None:
+        for name in ("queue_size", "max_video_forwarded"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MediaConfig.{name} must be at least 1")
+        for name in ("keyframe_throttle_s", "speaker_hold_s", "media_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"MediaConfig.{name} must not be negative")
+        if self.monitor_interval_s <= 0:
+            raise ValueError("MediaConfig.monitor_interval_s must be positive")
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """One m-line of an offer: ``publisher`` is the participant whose media it carries.
+
+    The participant's own ``publisher`` entries are where it sends its microphone and camera.
+    """
+
+    mid: str
+    publisher: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class MediaState:
+    """Whether a participant's audio and video are actually reaching the server."""
+
+    audio_arriving: bool = False
+    video_arriving: bool = False
+
+
+OfferCallback = Callable[[str, list[TrackInfo]], Awaitable[None]]
+SpeakingCallback = Callable[[list[str]], None]
+MediaStateCallback = Callable[[str, MediaState], None]
+
+
+@dataclass(eq=False)
+class _Leg:
+    """A send-only transceiver on a receiver's connection carrying one publisher's track."""
+
+    publisher: str
+    kind: str
+    transceiver: RTCRtpTransceiver
+    track: ForwardedTrack
+
+
+@dataclass(eq=False)
+class _Participant:
+    pid: str
+    is_therapist: bool
+    pc: RTCPeerConnection
+    on_offer: OfferCallback
+    inbound: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
+    sources: dict[str, PacketSource] = field(default_factory=dict)
+    outgoing: dict[tuple[str, str], _Leg] = field(default_factory=dict)
+    retired: list[RTCRtpTransceiver] = field(default_factory=list)
+    state: MediaState = MediaState()
+    last_loud: float = -float("inf")
+    needs_offer: bool = False
+    awaiting_answer: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    negotiator: asyncio.Task[None] | None = None
+
+
+def _pinned_codecs(kind: str) -> list[RTCRtpCodecCapability]:
+    wanted = _PINNED_CODECS[kind]
+    return [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType.lower() in wanted]
+
+
+class MediaRouter:
+    """Owns the server-side peer connection of every participant of one room."""
+
+    def __init__(
+        self,
+        config: MediaConfig | None = None,
+        *,
+        on_speaking_changed: SpeakingCallback | None = None,
+        on_media_state_changed: MediaStateCallback | None = None,
+    ) -> None:
+        install_passthrough_hooks()
+        self.config = config or MediaConfig()
+        self.on_speaking_changed = on_speaking_changed
+        self.on_media_state_changed = on_media_state_changed
+        self._participants: dict[str, _Participant] = {}
+        self._speaker_order: list[str] = []
+        self._speaking: list[str] = []
+        self._codecs = {kind: _pinned_codecs(kind) for kind in KINDS}
+        self._monitor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # --- public API ---------------------------------------------------------------------------
+
+    async def add_participant(
+        self, pid: str, *, is_therapist: bool, on_offer: OfferCallback
+    ) -> None:
+        """Create ``pid``'s connection; its first offer follows through ``on_offer``.
+
+        Everyone already in the room is renegotiated to receive the newcomer's tracks.
+        """
+        if self._closed:
+            raise MediaError("the media router is closed")
+        if pid in self._participants:
+            raise MediaError(f"participant {pid!r} is already connected")
+        pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
+        p = _Participant(pid=pid, is_therapist=is_therapist, pc=pc, on_offer=on_offer)
+        for kind in KINDS:
+            transceiver = pc.addTransceiver(kind, direction="recvonly")
+            transceiver.setCodecPreferences(self._codecs[kind])
+            source = PacketSource(
+                kind,
+                send_keyframe_request=self._pli_sender(transceiver.receiver)
+                if kind == "video"
+                else None,
+                keyframe_throttle_s=self.config.keyframe_throttle_s,
+            )
+            transceiver.receiver._track = SourceTrack(source)
+            p.inbound[kind] = transceiver
+            p.sources[kind] = source
+        self._watch_audio(p)
+        self._participants[pid] = p
+        self._speaker_order.append(pid)
+        if self._monitor is None:
+            self._monitor = asyncio.create_task(self._run_monitor())
+        p.negotiator = asyncio.create_task(self._negotiate(p))
+        for participant in self._participants.values():
+            self._request_offer(participant)
+        self._replan()
+
+    async def accept_answer(self, pid: str, sdp: str) -> None:
+        """Apply ``pid``'s answer to the offer last sent to it.
+
+        Raises :class:`MediaError` for an unknown participant, when no offer is outstanding, or
+        when the answer cannot be applied (the offer then stays outstanding).
+        """
+        p = self._participants.get(pid)
+        if p is None:
+            raise MediaError(f"participant {pid!r} is not connected")
+        if not p.awaiting_answer:
+            raise MediaError(f"no offer to {pid!r} is waiting for an answer")
+        try:
+            await p.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:
+            raise MediaError(f"answer from {pid!r} was refused: {exc}") from exc
+        p.awaiting_answer = False
+        p.wake.set()
+
+    async def remove_participant(self, pid: str) -> None:
+        """Close ``pid``'s connection and stop forwarding its media. Idempotent.
+
+        The forwarded tracks end at the others at once (RTCP BYE) and their m-lines become
+        inactive with the others' next offer.
+        """
+        p = self._participants.pop(pid, None)
+        if p is None:
+            return
+        self._speaker_order.remove(pid)
+        await self._stop_negotiator(p)
+        for source in p.sources.values():
+            source.close()
+        for other in self._participants.values():
+            for kind in KINDS:
+                leg = other.outgoing.pop((pid, kind), None)
+                if leg is not None:
+                    leg.transceiver.direction = "inactive"
+                    other.retired.append(leg.transceiver)
+                    await leg.transceiver.stop()
+            self._request_offer(other)
+        for leg in p.outgoing.values():
+            leg.track.stop()
+        await p.pc.close()
+        self._set_state(p, MediaState())
+        if pid in self._speaking:
+            self._speaking = [x for x in self._speaking if x != pid]
+            self._notify_speaking()
+        self._replan()
+
+    async def close(self) -> None:
+        """Close every connection and stop all work. Idempotent; no callbacks fire."""
+        if self._closed:
+            return
+        self._closed = True
+        participants = list(self._participants.values())
+        self._participants.clear()
+        self._speaker_order.clear()
+        tasks = [t for t in (self._monitor, *self._background) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for p in participants:
+            await self._stop_negotiator(p)
+            for source in p.sources.values():
+                source.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(p.pc.close() for p in participants), return_exceptions=True)
+
+    def speaking(self) -> list[str]:
+        """Participants speaking now, the most recent to start first."""
+        return list(self._speaking)
+
+    def media_state(self, pid: str) -> MediaState:
+        """Whether ``pid``'s audio and video reached the server in the last ``media_timeout_s``."""
+        p = self._participants.get(pid)
+        if p is None:
+            return MediaState()
+        return self._measure(p, time.monotonic())
+
+    def forwarded_video(self, pid: str) -> frozenset[str]:
+        """The publishers whose video is currently forwarded to ``pid``."""
+        p = self._participants.get(pid)
+        return frozenset() if p is None else self._allowed_video(p)
+
+    def participants(self) -> list[str]:
+        return list(self._participants)
+
+    # --- negotiation --------------------------------------------------------------------------
+
+    def _request_offer(self, p: _Participant) -> None:
+        p.needs_offer = True
+        p.wake.set()
+
+    async def _negotiate(self, p: _Participant) -> None:
+        """Send ``p`` an offer whenever one is needed and none is outstanding."""
+        while True:
+            await p.wake.wait()
+            p.wake.clear()
+            if p.awaiting_answer or not p.needs_offer:
+                continue
+            p.needs_offer = False
+            sdp, tracks = await self._make_offer(p)
+            p.awaiting_answer = True
+            try:
+                await p.on_offer(sdp, tracks)
+            except Exception:
+                logger.exception("sending an offer to %s failed", p.pid)
+
+    async def _make_offer(self, p: _Participant) -> tuple[str, list[TrackInfo]]:
+        for transceiver in p.retired:
+            # A sender started by an answer that crossed the participant's departure.
+            await transceiver.sender.stop()
+        p.retired.clear()
+        self._add_legs(p)
+        await p.pc.setLocalDescription(await p.pc.createOffer())
+        tracks = [TrackInfo(t.mid or "", p.pid, kind) for kind, t in p.inbound.items()]
+        tracks += [
+            TrackInfo(leg.transceiver.mid or "", leg.publisher, leg.kind)
+            for leg in p.outgoing.values()
+        ]
+        return p.pc.localDescription.sdp, tracks
+
+    def _add_legs(self, p: _Participant) -> None:
+        """Add a send-only transceiver to ``p`` for each track of the others it lacks."""
+        allowed = self._allowed_video(p)
+        for publisher in self._participants.values():
+            if publisher is p:
+                continue
+            for kind in KINDS:
+                if (publisher.pid, kind) in p.outgoing:
+                    continue
+                track = ForwardedTrack(publisher.sources[kind], queue_size=self.config.queue_size)
+                track.set_paused(kind == "video" and publisher.pid not in allowed)
+                transceiver = p.pc.addTransceiver(track, direction="sendonly")
+                transceiver.setCodecPreferences(self._codecs[kind])
+                transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+                p.outgoing[(publisher.pid, kind)] = _Leg(publisher.pid, kind, transceiver, track)
+
+    async def _stop_negotiator(self, p: _Participant) -> None:
+        task, p.negotiator = p.negotiator, None
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # --- keyframes and activity ---------------------------------------------------------------
+
+    def _pli_sender(self, receiver: RTCRtpReceiver) -> Callable[[], None]:
+        """Send RTCP PLI for every SSRC ``receiver`` currently receives."""
+
+        def send() -> None:
+            for source in receiver.getSynchronizationSources():
+                self._spawn(receiver._send_rtcp_pli(source.source))
+
+        return send
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _watch_audio(self, p: _Participant) -> None:
+        """Note loud audio packets of ``p`` as they arrive, before aiortc handles them."""
+        receiver = p.inbound["audio"].receiver
+        handle = receiver._handle_rtp_packet
+        max_level = self.config.speaking_max_level
+        min_bytes = self.config.speaking_min_opus_bytes
+
+        def on_packet(packet: RtpPacket, arrival_time_ms: int) -> Coroutine[Any, Any, None]:
+            level = packet.extensions.audio_level
+            if level[1] <= max_level if level is not None else len(packet.payload) >= min_bytes:
+                p.last_loud = time.monotonic()
+            return handle(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = on_packet  # type: ignore[method-assign]
+
+    def _measure(self, p: _Participant, now: float) -> MediaState:
+        cutoff = now - self.config.media_timeout_s
+        return MediaState(
+            audio_arriving=p.sources["audio"].last_packet_at >= cutoff,
+            video_arriving=p.sources["video"].last_packet_at >= cutoff,
+        )
+
+    async def _run_monitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.monitor_interval_s)
+            self._evaluate(time.monotonic())
+
+    def _evaluate(self, now: float) -> None:
+        for p in self._participants.values():
+            self._set_state(p, self._measure(p, now))
+        hold = self.config.speaker_hold_s
+        loud = {pid for pid, p in self._participants.items() if now - p.last_loud <= hold}
+        onsets = sorted(
+            (pid for pid in loud if pid not in self._speaking),
+            key=lambda pid: self._participants[pid].last_loud,
+        )
+        for pid in onsets:
+            self._speaker_order.remove(pid)
+            self._speaker_order.insert(0, pid)
+        speaking = [pid for pid in self._speaker_order if pid in loud]
+        if onsets:
+            self._replan()
+        if speaking != self._speaking:
+            self._speaking = speaking
+            self._notify_speaking()
+
+    def _set_state(self, p: _Participant, state: MediaState) -> None:
+        if state == p.state:
+            return
+        p.state = state
+        if self.on_media_state_changed is not None:
+            try:
+                self.on_media_state_changed(p.pid, state)
+            except Exception:
+                logger.exception("on_media_state_changed failed")
+
+    def _notify_speaking(self) -> None:
+        if self.on_speaking_changed is not None:
+            try:
+                self.on_speaking_changed(list(self._speaking))
+            except Exception:
+                logger.exception("on_speaking_changed failed")
+
+    # --- selective video ----------------------------------------------------------------------
+
+    def _allowed_video(self, receiver: _Participant) -> frozenset[str]:
+        """Therapists plus the ``max_video_forwarded`` most recent speakers, never oneself."""
+        others = [
+            pid
+            for pid in self._speaker_order
+            if pid != receiver.pid and not self._participants[pid].is_therapist
+        ]
+        therapists = [
+            pid for pid, p in self._participants.items() if p.is_therapist and pid != receiver.pid
+        ]
+        return frozenset(therapists + others[: self.config.max_video_forwarded])
+
+    def _replan(self) -> None:
+        for p in self._participants.values():
+            allowed = self._allowed_video(p)
+            for (publisher, kind), leg in p.outgoing.items():
+                if kind == "video":
+                    leg.track.set_paused(publisher not in allowed)
