@@ -115,3 +115,50 @@ def csrf_from(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert match, "page has no CSRF field"
     return match.group(1)
+
+
+class LiveServer:
+    """The real app under uvicorn on a loopback port, in a thread with its own event loop."""
+
+    def __init__(self, settings: Settings, clock: OffsetClock) -> None:
+        import threading
+
+        import uvicorn
+
+        self.app = create_app(settings, clock=clock)
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning",
+            ws_max_size=settings.ws_max_message_bytes * 4, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + seconds(10)
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_base = f"ws://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(seconds(10))
+
+
+@pytest.fixture
+def live_settings(settings: Settings) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, ice_announce_addresses=("127.0.0.1",),
+                               room_tick_seconds=0.05, reconnect_grace_seconds=60)
+
+
+@pytest.fixture
+def live_server(live_settings: Settings, clock: OffsetClock, engine: AsyncEngine,
+                demo) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    with LiveServer(live_settings, clock) as server:
+        yield server
