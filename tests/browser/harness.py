@@ -1,0 +1,219 @@
+"""Browser scenarios run inside a loopback-only network namespace.
+
+``tests/test_browser.py`` starts ``python -m tests.browser.harness SCENARIO`` under
+``unshare -n``; this module brings ``lo`` up, starts ``vio serve --demo`` on a fresh SQLite file,
+drives headless Chromium (Debian's, with a fake camera and microphone) and ``vio bot``, and
+prints one JSON object with what it saw. Every ICE candidate is 127.0.0.1: the namespace has no
+other interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, Page, async_playwright
+
+CHROMIUM = os.environ.get("VIO_TEST_CHROMIUM", "/usr/bin/chromium")
+SCALE = float(os.environ.get("VIO_TEST_TIMEOUT_SCALE", "1"))
+VIO = str(Path(sys.executable).with_name("vio"))
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+]
+# Collects the page's peer connections so a scenario can read their getStats().
+CAPTURE_PEER_CONNECTIONS = """
+(() => {
+  const Original = window.RTCPeerConnection;
+  window.__vioPeerConnections = [];
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Original(...args);
+    window.__vioPeerConnections.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Original.prototype;
+  Object.assign(window.RTCPeerConnection, Original);
+})();
+"""
+FRAMES_DECODED = """
+async () => {
+  const frames = {};
+  for (const pc of window.__vioPeerConnections) {
+    if (pc.connectionState === 'closed') continue;
+    const stats = await pc.getStats();
+    stats.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        frames[s.trackIdentifier || s.id] = s.framesDecoded || 0;
+      }
+    });
+  }
+  return frames;
+}
+"""
+PLAYING_VIDEOS = """
+() => [...document.querySelectorAll('video.remote-video')]
+  .filter((v) => v.videoWidth > 0 && !v.paused).length
+"""
+
+
+def seconds(n: float) -> float:
+    return n * SCALE
+
+
+def bring_up_loopback() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def vio_server(extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """``vio serve --demo`` in a temporary directory; yields the demo links."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "VIO_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/vio.sqlite3",
+               "VIO_ICE_ANNOUNCE_ADDRESSES": "127.0.0.1", "VIO_PUBLIC_BASE_URL": base,
+               "VIO_SECRET_KEY": "browser-test", **(extra_env or {})}
+        log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
+        server = subprocess.Popen([VIO, "serve", "--demo", "--port", str(port)], cwd=tmp,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + seconds(30)
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("server did not start: "
+                                       + (Path(tmp) / "server.log").read_text()[-2000:])
+                time.sleep(0.1)
+            links = json.loads(subprocess.run(
+                [VIO, "demo-links", "--json"], cwd=tmp, env=env, check=True,
+                capture_output=True, text=True).stdout)
+            links["env"] = env
+            links["cwd"] = tmp
+            yield links
+        finally:
+            server.terminate()
+            try:
+                server.wait(seconds(10))
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+
+
+def start_bot(links: dict[str, Any], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([VIO, "bot", *args], cwd=links["cwd"], env=links["env"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def therapist_bot(links: dict[str, Any], seconds_: float, *extra: str) -> subprocess.Popen[str]:
+    return start_bot(links, "--link", links["therapist"]["login"], "--email",
+                     links["therapist"]["email"], "--password", links["therapist"]["password"],
+                     "--seconds", str(seconds_), "--admit-all", *extra)
+
+
+def bot_result(bot: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = bot.communicate(timeout=seconds(120))
+    if bot.returncode != 0:
+        raise RuntimeError(f"vio bot failed: {err[-2000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def new_page(browser: Browser) -> Page:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.add_init_script(CAPTURE_PEER_CONNECTIONS)
+    return page
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def patient_joins(page: Page, link: str) -> None:
+    """A patient opens their link, goes to today's session and joins from the pre-join check."""
+    await page.goto(link)
+    await page.click("text=Join now")
+    await page.click("#join-button", timeout=seconds(20) * 1000)
+
+
+async def remote_videos_playing(page: Page, at_least: int, within: float) -> dict[str, Any]:
+    """Wait for ``at_least`` remote videos with size and rising decoded-frame counts."""
+    async def enough_playing() -> bool:
+        playing: int = await page.evaluate(PLAYING_VIDEOS)
+        return playing >= at_least
+
+    await wait_until(enough_playing, within, f"{at_least} playing remote videos")
+    first = await page.evaluate(FRAMES_DECODED)
+    await asyncio.sleep(2)
+    second = await page.evaluate(FRAMES_DECODED)
+    rising = [k for k, v in second.items() if v > first.get(k, 0)]
+    return {"playing": await page.evaluate(PLAYING_VIDEOS), "rising": len(rising),
+            "frames": second}
+
+
+async def scenario_room(links: dict[str, Any]) -> dict[str, Any]:
+    """Two Chromium patients and a therapist bot in the live demo group."""
+    bot = therapist_bot(links, seconds(45))
+    patients = [p for p in links["patients"] if p["on_roster"]][:2]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pages = [await new_page(browser) for _ in patients]
+            await asyncio.gather(*(patient_joins(page, p["link"])
+                                   for page, p in zip(pages, patients, strict=True)))
+            seen = await asyncio.gather(*(remote_videos_playing(page, 2, seconds(30))
+                                          for page in pages))
+            names = [await page.locator(".tile .name, .tile-name").all_inner_texts()
+                     for page in pages]
+        finally:
+            await browser.close()
+    bot.terminate()
+    with contextlib.suppress(Exception):
+        bot.communicate(timeout=seconds(10))
+    return {"pages": seen, "names": names}
+
+
+SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "room": scenario_room,
+}
+
+
+def main() -> None:
+    name = sys.argv[1]
+    bring_up_loopback()
+    with vio_server() as links:
+        result = asyncio.run(SCENARIOS[name](links))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
