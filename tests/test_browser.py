@@ -39,3 +39,13 @@ def test_two_browsers_and_a_bot_see_each_other():
     for page in result["pages"]:
         assert page["playing"] >= 2, page
         assert page["rising"] >= 2, page
+        assert page["hearing"] >= 2, page
+
+
+def test_two_tabs_of_one_browser_with_two_patient_links_see_and_hear_each_other():
+    result = run_scenario("tabs")
+    first, second = result["pages"]
+    for page in (first, second):
+        assert page["playing"] >= 1 and page["rising"] >= 1 and page["hearing"] >= 1, page
+    assert any("Marcus L." in name for name in result["names"][0]), result["names"]
+    assert any("Dana R." in name for name in result["names"][1]), result["names"]

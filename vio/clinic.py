@@ -26,6 +26,7 @@ from vio.models import (
     SessionTherapist,
     StaffRole,
     StaffUser,
+    WaitingRoomPolicy,
 )
 from vio.scheduling import parse_weekdays, weekly_occurrences
 from vio.security import Signer, new_secret, same_secret, secret_hash
@@ -133,6 +134,7 @@ class SessionPlan:
     group_id: int | None = None
     patient_id: int | None = None
     billing_code: str | None = None
+    waiting_room: WaitingRoomPolicy = WaitingRoomPolicy.THERAPIST_ADMITS
 
     def check(self) -> None:
         if not self.title.strip():
@@ -155,7 +157,8 @@ async def schedule_session(db: AsyncSession, plan: SessionPlan, starts_at: datet
         program_id=plan.program_id, series_id=series_id, title=plan.title.strip(),
         kind=plan.kind, group_id=plan.group_id, patient_id=plan.patient_id,
         starts_at=starts_at, duration_minutes=plan.duration_minutes, timezone=plan.timezone,
-        billing_code=plan.billing_code or DEFAULT_BILLING_CODE[plan.kind])
+        billing_code=plan.billing_code or DEFAULT_BILLING_CODE[plan.kind],
+        waiting_room=plan.waiting_room)
     db.add(session)
     await db.flush()
     for staff_id in plan.therapist_ids:

@@ -30,6 +30,7 @@ from vio.models import (
     SessionStatus,
     StaffRole,
     StaffUser,
+    WaitingRoomPolicy,
 )
 from vio.security import Signer, hash_password
 
@@ -117,7 +118,8 @@ async def seed(db: AsyncSession, timezone: str, now: datetime) -> DemoPeople:
         await clinic.schedule_session(db, clinic.SessionPlan(
             program_id=people.program.id, title=GROUP_NAME, kind=SessionKind.GROUP,
             timezone=people.program.timezone, duration_minutes=LIVE_SESSION_MINUTES,
-            therapist_ids=(people.therapist.id,), group_id=people.group.id),
+            therapist_ids=(people.therapist.id,), group_id=people.group.id,
+            waiting_room=WaitingRoomPolicy.OPEN),
             now.replace(microsecond=0) - timedelta(minutes=5))
     family_patient = people.patients[FAMILY["patient"]]
     upcoming_family = (await db.execute(select(Session).where(

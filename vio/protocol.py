@@ -43,7 +43,7 @@ CLIENT_MESSAGES: dict[str, FieldSpec] = {
 SERVER_MESSAGES = (
     "welcome", "waiting", "offer", "participant-joined", "participant-left", "waiting-list",
     "speaking", "media-state", "moderated", "chat", "time", "warning", "pong", "error",
-    "refused", "ended",
+    "refused", "ended", "room-state",
 )
 
 MODERATOR_MESSAGES = frozenset({

@@ -48,6 +48,21 @@ CAPTURE_PEER_CONNECTIONS = """
   Object.assign(window.RTCPeerConnection, Original);
 })();
 """
+AUDIO_RECEIVED = """
+async () => {
+  const samples = {};
+  for (const pc of window.__vioPeerConnections) {
+    if (pc.connectionState === 'closed') continue;
+    const stats = await pc.getStats();
+    stats.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        samples[s.trackIdentifier || s.id] = s.totalSamplesReceived || 0;
+      }
+    });
+  }
+  return samples;
+}
+"""
 FRAMES_DECODED = """
 async () => {
   const frames = {};
@@ -173,11 +188,14 @@ async def remote_videos_playing(page: Page, at_least: int, within: float) -> dic
 
     await wait_until(enough_playing, within, f"{at_least} playing remote videos")
     first = await page.evaluate(FRAMES_DECODED)
+    first_audio = await page.evaluate(AUDIO_RECEIVED)
     await asyncio.sleep(2)
     second = await page.evaluate(FRAMES_DECODED)
+    second_audio = await page.evaluate(AUDIO_RECEIVED)
     rising = [k for k, v in second.items() if v > first.get(k, 0)]
+    hearing = [k for k, v in second_audio.items() if v > first_audio.get(k, 0)]
     return {"playing": await page.evaluate(PLAYING_VIDEOS), "rising": len(rising),
-            "frames": second}
+            "hearing": len(hearing), "frames": second}
 
 
 async def scenario_room(links: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +210,7 @@ async def scenario_room(links: dict[str, Any]) -> dict[str, Any]:
                                    for page, p in zip(pages, patients, strict=True)))
             seen = await asyncio.gather(*(remote_videos_playing(page, 2, seconds(30))
                                           for page in pages))
-            names = [await page.locator(".tile .name, .tile-name").all_inner_texts()
+            names = [await page.locator(".tile-name").all_inner_texts()
                      for page in pages]
         finally:
             await browser.close()
@@ -202,8 +220,30 @@ async def scenario_room(links: dict[str, Any]) -> dict[str, Any]:
     return {"pages": seen, "names": names}
 
 
+async def scenario_tabs(links: dict[str, Any]) -> dict[str, Any]:
+    """One person's browser, two tabs, two demo patients' links: they see and hear each other."""
+    patients = [p for p in links["patients"] if p["on_roster"]][:2]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = await browser.new_context()
+            await context.add_init_script(CAPTURE_PEER_CONNECTIONS)
+            pages = []
+            for patient in patients:  # one after the other, as a person would
+                page = await context.new_page()
+                await patient_joins(page, patient["link"])
+                pages.append(page)
+            seen = await asyncio.gather(*(remote_videos_playing(page, 1, seconds(30))
+                                          for page in pages))
+            names = [await page.locator(".tile-name").all_inner_texts() for page in pages]
+        finally:
+            await browser.close()
+    return {"pages": seen, "names": names}
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "room": scenario_room,
+    "tabs": scenario_tabs,
 }
 
 

@@ -108,6 +108,39 @@ async def current_viewer(conn: HTTPConnection, db: AsyncSession) -> Viewer:
     return ANONYMOUS
 
 
+ROOM_TICKET_NAMESPACE = "room-ticket"
+ROOM_TICKET_MAX_AGE_SECONDS = 12 * 3600
+
+
+def room_ticket(conn: HTTPConnection, viewer: Viewer, session_id: int) -> str:
+    """A signed ticket naming who opened this room page, so each browser tab keeps its person."""
+    return state(conn).signer.sign({"who": viewer.actor, "s": session_id}, ROOM_TICKET_NAMESPACE)
+
+
+async def viewer_from_ticket(conn: HTTPConnection, db: AsyncSession, ticket: str,
+                             session_id: int) -> Viewer:
+    payload = state(conn).signer.unsign(ticket, ROOM_TICKET_NAMESPACE,
+                                        ROOM_TICKET_MAX_AGE_SECONDS)
+    if not isinstance(payload, dict) or payload.get("s") != session_id:
+        return ANONYMOUS
+    kind, _, raw_id = str(payload.get("who", "")).partition(":")
+    if not raw_id.isdigit():
+        return ANONYMOUS
+    if kind == "staff":
+        staff = await db.get(StaffUser, int(raw_id))
+        if staff is None or not staff.active:
+            return ANONYMOUS
+        role = ViewerRole.ADMIN if staff.role is StaffRole.ADMIN else ViewerRole.THERAPIST
+        return Viewer(role, staff=staff)
+    if kind == "patient":
+        patient = await db.get(Patient, int(raw_id))
+        if patient is not None and patient.is_enrolled_on(state(conn).clock.now().date()):
+            return Viewer(ViewerRole.PATIENT, patient=patient)
+    if kind == "family-invite":
+        return Viewer(ViewerRole.FAMILY, family_invite_id=int(raw_id))
+    return ANONYMOUS
+
+
 def csrf_token(request: Request) -> str:
     token = request.session.get("csrf")
     if not isinstance(token, str):

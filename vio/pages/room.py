@@ -10,7 +10,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from vio import clinic
 from vio.models import Session
-from vio.pages.common import ViewerRole, current_viewer, render, state
+from vio.pages.common import ViewerRole, current_viewer, render, room_ticket, state
 from vio.rooms.signaling import serve
 
 
@@ -34,7 +34,8 @@ async def room_page(request: Request) -> Response:
     display = (viewer.staff.name if viewer.staff else
                viewer.patient.display_name if viewer.patient else "")
     config = {
-        "wsUrl": f"{ws_scheme}://{request.url.netloc}/ws/sessions/{session.id}",
+        "wsUrl": f"{ws_scheme}://{request.url.netloc}/ws/sessions/{session.id}"
+                 f"?ticket={room_ticket(request, viewer, session.id)}",
         "sessionTitle": session.title,
         "role": role,
         "displayName": display,

@@ -155,7 +155,8 @@ class Room:
         participant.send(message(
             "welcome", you=participant.public(),
             session={"id": self.id, "title": self.facts.title,
-                     "ends_at": self.ends_at.isoformat()},
+                     "ends_at": self.ends_at.isoformat(),
+                     "remaining_seconds": self._remaining_seconds(), "locked": self.locked},
             participants=[p.public() for p in self.participants.values()
                           if p is not participant],
             caps={"width": self.settings.publish_width, "height": self.settings.publish_height,
@@ -233,6 +234,7 @@ class Room:
         kind = msg.type
         if kind in ("lock", "unlock"):
             self.locked = kind == "lock"
+            self._broadcast(message("room-state", locked=self.locked))
             await self.store.audit(actor, f"room-{kind}", f"session:{self.id}")
             return
         if kind == "end":

@@ -21,7 +21,7 @@ from vio.clock import Clock
 from vio.errors import BadMessage, Dropped, NotAllowed, Refusal, VioError, close_code
 from vio.media import MediaRouter
 from vio.models import SessionStatus
-from vio.pages.common import current_viewer, state
+from vio.pages.common import current_viewer, state, viewer_from_ticket
 from vio.protocol import message, parse
 from vio.rooms import records
 from vio.rooms.admission import Person, RoomView, SessionFacts, admission
@@ -145,7 +145,9 @@ async def serve(ws: WebSocket) -> None:
     try:
         name = await _await_join(ws, outbox, settings)
         async with app.db() as db:
-            viewer = await current_viewer(ws, db)
+            ticket = ws.query_params.get("ticket")
+            viewer = (await viewer_from_ticket(ws, db, ticket, session_id) if ticket
+                      else await current_viewer(ws, db))
             person: Person | None = records.person_for(viewer)
             facts = await records.load_facts(db, session_id, app.clock.now())
         if facts is not None and person is not None:
@@ -155,6 +157,7 @@ async def serve(ws: WebSocket) -> None:
             admission(person, facts, NO_ROOM, app.clock.now(), timedelta())  # raises
         while True:
             raw = await _receive(ws, settings.ws_idle_timeout_seconds)
+            msg = None
             try:
                 msg = parse(raw, settings.ws_max_message_bytes)
                 if msg.type == "leave":
@@ -166,7 +169,8 @@ async def serve(ws: WebSocket) -> None:
                 assert room is not None and participant is not None
                 await room.handle(participant, msg)
             except (BadMessage, NotAllowed) as error:
-                outbox.put(message("error", code=error.code, message=error.message))
+                about = msg.type if msg is not None else None
+                outbox.put(message("error", code=error.code, message=error.message, about=about))
     except Refusal as refusal:
         dropped = False
         outbox.put(message("refused", code=refusal.code, message=refusal.message))
