@@ -324,6 +324,42 @@ class Consent(Base):
                 and (self.revoked_at is None or moment < self.revoked_at))
 
 
+class AttendanceKind(enum.StrEnum):
+    """What the room saw happen to one participant (or to the session)."""
+
+    CHECKED_IN = "checked-in"  # detail: location, address, city, state
+    WAITING = "waiting"  # entered the waiting room
+    ADMITTED = "admitted"  # entered the room (straight in, or admitted by a therapist)
+    LEFT = "left"  # left by choice
+    DROPPED = "dropped"  # connection lost
+    REMOVED = "removed"  # removed by a therapist; detail: reason
+    DENIED = "denied"  # turned away from the waiting room
+    MEDIA = "media"  # detail: audio, video (what actually reaches the server)
+    HEARTBEAT = "heartbeat"  # the room is alive; detail: present (connection ids)
+    SESSION_EXTENDED = "session-extended"  # detail: minutes, ends_at
+    SESSION_ENDED = "session-ended"
+
+
+class AttendanceEvent(Base):
+    """Append-only log of what happened in a session's room, committed before it is acknowledged.
+
+    ``connection`` is the participant id of one connection (``p-…``); ``person`` the stable
+    identity (``patient:3``, ``staff:1``, ``family-invite:7``). Session-wide events have neither.
+    """
+
+    __tablename__ = "attendance_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    kind: Mapped[AttendanceKind] = mapped_column(_enum(AttendanceKind))
+    person: Mapped[str | None] = mapped_column(String(80), index=True)
+    role: Mapped[str | None] = mapped_column(String(20))
+    connection: Mapped[str | None] = mapped_column(String(40))
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class AuditEvent(Base):
     """Append-only record of who did what to whom, and when."""
 
@@ -338,7 +374,7 @@ class AuditEvent(Base):
 
 
 __all__ = [
-    "AgeGroup", "AuditEvent", "Base", "Consent", "ConsentKind", "EnrollmentStatus", "FamilyMember",
+    "AgeGroup", "AttendanceEvent", "AttendanceKind", "AuditEvent", "Base", "Consent", "ConsentKind", "EnrollmentStatus", "FamilyMember",
     "Group", "GroupTherapist", "LevelOfCare", "Patient", "PatientLink", "Program",
     "RosterMembership", "Session", "SessionKind", "SessionSeries", "SessionStatus",
     "SessionTherapist", "StaffRole", "StaffUser", "WaitingRoomPolicy",
