@@ -22,8 +22,7 @@ follows, with every other peer connection in the process left untouched:
 
 Keyframes: a leg asks for one when it actually starts (first ``recv()``), when it resumes
 after a pause, and after an overflow; receivers' PLI/FIR are passed upstream. All requests for
-one publisher go through one :class:`KeyframeRequester`, which sends at most one request per
-``min_interval`` and skips a deferred request once a keyframe has gone by.
+one publisher go through one :class:`KeyframeRequester`, which throttles them.
 """
 
 from __future__ import annotations
@@ -144,20 +143,28 @@ class PassthroughPacker:
 
 
 class KeyframeRequester:
-    """Asks one publisher for a keyframe, at most once per ``min_interval`` seconds.
+    """Asks one publisher for keyframes without flooding it.
 
-    A request inside the interval is deferred to its end; a deferred request is dropped when a
-    keyframe goes by first, because every leg waiting at that moment takes that keyframe.
+    A request is *unanswered* from when it is sent until a keyframe goes by. Requests are sent
+    at most once per ``min_interval``; one inside the interval is deferred to its end, and a
+    deferred request is dropped when a keyframe goes by first, because every leg waiting at that
+    moment takes that keyframe. A leg that has just started (``new_leg``) is asked for at once
+    unless a request is unanswered, whose keyframe will serve the new leg too.
     """
 
     def __init__(self, send: Callable[[], None], *, min_interval: float) -> None:
         self._send = send
         self._min_interval = min_interval
         self._last = -float("inf")
+        self._unanswered = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
-    def request(self) -> None:
+    def request(self, *, new_leg: bool = False) -> None:
+        if new_leg and not self._unanswered:
+            self._cancel_timer()
+            self._fire()
+            return
         if self._timer is not None:
             return
         wait = self._last + self._min_interval - time.monotonic()
@@ -167,16 +174,21 @@ class KeyframeRequester:
             self._timer = self._loop.call_later(wait, self._fire)
 
     def keyframe_seen(self) -> None:
+        self._unanswered = False
+        self._cancel_timer()
+
+    def close(self) -> None:
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def close(self) -> None:
-        self.keyframe_seen()
-
     def _fire(self) -> None:
         self._timer = None
         self._last = time.monotonic()
+        self._unanswered = True
         self._send()
 
 
@@ -219,10 +231,10 @@ class PacketSource:
         for leg in self._legs:
             leg.push(item)
 
-    def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe (throttled); a no-op for audio."""
+    def request_keyframe(self, *, new_leg: bool = False) -> None:
+        """Ask the publisher for a keyframe (see :class:`KeyframeRequester`); no-op for audio."""
         if self._requester is not None:
-            self._requester.request()
+            self._requester.request(new_leg=new_leg)
 
     def attach(self, leg: ForwardedTrack) -> None:
         if self.closed:
@@ -299,7 +311,7 @@ class ForwardedTrack(MediaStreamTrack):
             # Marks this sender's RTP task so get_encoder() gives it a PassthroughPacker.
             _sender_is_passthrough.set(True)
             if not self._paused:
-                self._source.request_keyframe()
+                self._source.request_keyframe(new_leg=True)
         packet = await self._queue.get()
         if packet is None:
             raise MediaStreamError
@@ -331,7 +343,7 @@ class ForwardedTrack(MediaStreamTrack):
         if not paused:
             self._awaiting_keyframe = True
             if self._started:
-                self._source.request_keyframe()
+                self._source.request_keyframe(new_leg=True)
 
     def stop(self) -> None:
         if self.readyState == "live":

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,12 +122,14 @@ class _Participant:
     is_therapist: bool
     pc: RTCPeerConnection
     on_offer: OfferCallback
+    stream_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     inbound: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
     sources: dict[str, PacketSource] = field(default_factory=dict)
     outgoing: dict[tuple[str, str], _Leg] = field(default_factory=dict)
     retired: list[RTCRtpTransceiver] = field(default_factory=list)
     state: MediaState = MediaState()
     last_loud: float = -float("inf")
+    removed: bool = False
     needs_offer: bool = False
     awaiting_answer: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -225,6 +228,7 @@ class MediaRouter:
         p = self._participants.pop(pid, None)
         if p is None:
             return
+        p.removed = True
         self._speaker_order.remove(pid)
         await self._stop_negotiator(p)
         for source in p.sources.values():
@@ -254,10 +258,12 @@ class MediaRouter:
         participants = list(self._participants.values())
         self._participants.clear()
         self._speaker_order.clear()
+        self._speaking.clear()
         tasks = [t for t in (self._monitor, *self._background) if t is not None]
         for task in tasks:
             task.cancel()
         for p in participants:
+            p.removed = True
             await self._stop_negotiator(p)
             for source in p.sources.values():
                 source.close()
@@ -269,7 +275,10 @@ class MediaRouter:
         return list(self._speaking)
 
     def media_state(self, pid: str) -> MediaState:
-        """Whether ``pid``'s audio and video reached the server in the last ``media_timeout_s``."""
+        """Whether ``pid``'s audio and video reached the server in the last ``media_timeout_s``.
+
+        All false for someone not (or no longer) connected.
+        """
         p = self._participants.get(pid)
         if p is None:
             return MediaState()
@@ -281,6 +290,7 @@ class MediaRouter:
         return frozenset() if p is None else self._allowed_video(p)
 
     def participants(self) -> list[str]:
+        """The connected participants, in order of arrival."""
         return list(self._participants)
 
     # --- negotiation --------------------------------------------------------------------------
@@ -291,13 +301,17 @@ class MediaRouter:
 
     async def _negotiate(self, p: _Participant) -> None:
         """Send ``p`` an offer whenever one is needed and none is outstanding."""
-        while True:
+        while not p.removed:
             await p.wake.wait()
             p.wake.clear()
-            if p.awaiting_answer or not p.needs_offer:
+            if p.removed or p.awaiting_answer or not p.needs_offer:
                 continue
             p.needs_offer = False
-            sdp, tracks = await self._make_offer(p)
+            try:
+                sdp, tracks = await self._make_offer(p)
+            except Exception:
+                logger.exception("making an offer for %s failed", p.pid)
+                continue
             p.awaiting_answer = True
             try:
                 await p.on_offer(sdp, tracks)
@@ -331,6 +345,8 @@ class MediaRouter:
                 track.set_paused(kind == "video" and publisher.pid not in allowed)
                 transceiver = p.pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(self._codecs[kind])
+                # One MediaStream (msid) per publisher, so a browser can lip-sync its tracks.
+                transceiver.sender._stream_id = publisher.stream_id
                 transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
                 p.outgoing[(publisher.pid, kind)] = _Leg(publisher.pid, kind, transceiver, track)
 

@@ -1,0 +1,389 @@
+"""Media forwarding through a MediaRouter between real aiortc peers over loopback.
+
+Client peers stand in for browsers: each publishes a CounterVideoTrack and a ToneAudioTrack and
+decodes what it receives with aiortc's ordinary decoders. Signalling is direct calls. Every ICE
+candidate is 127.0.0.1 and no STUN server is used (DESIGN.md, "Media facts").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aioice.ice
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+import av
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+from vio.media import (
+    CounterVideoTrack,
+    MediaConfig,
+    MediaRouter,
+    MediaState,
+    ToneAudioTrack,
+    TrackInfo,
+    announce_host_addresses,
+    install_passthrough_hooks,
+    read_counter,
+    rtc_configuration,
+)
+from vio.media.passthrough import ForwardedTrack, PacketSource
+
+SCALE = float(os.environ.get("VIO_TEST_TIMEOUT_SCALE", "1"))
+"""Multiplies every wait in this module, for slow machines."""
+
+POLL_S = 0.05
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds * SCALE
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds * SCALE:.1f} s waiting for {what}")
+        await asyncio.sleep(POLL_S)
+
+
+class Client:
+    """A participant's device: an aiortc peer that answers the router's offers."""
+
+    def __init__(self, pid: str, router: MediaRouter, *, amplitude: float) -> None:
+        self.pid = pid
+        self.router = router
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+        self.pc.addTrack(ToneAudioTrack(amplitude=amplitude))
+        self.pc.addTrack(CounterVideoTrack())
+        self.pc.on("track", self._on_track)
+        self.publisher_of_mid: dict[str, str] = {}
+        self.video: dict[str, list[tuple[float, int | None]]] = collections.defaultdict(list)
+        self.audio: dict[str, list[float]] = collections.defaultdict(list)
+        self.ended: set[tuple[str, str]] = set()
+        self.sdps: list[str] = []
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def on_offer(self, sdp: str, tracks: list[TrackInfo]) -> None:
+        self.publisher_of_mid.update({t.mid: t.publisher for t in tracks})
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self.sdps += [sdp, self.pc.localDescription.sdp]
+        await self.router.accept_answer(self.pid, self.pc.localDescription.sdp)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        mid = next(t.mid for t in self.pc.getTransceivers() if t.receiver.track is track)
+        assert mid is not None
+        self._readers.append(asyncio.create_task(self._read(self.publisher_of_mid[mid], track)))
+
+    async def _read(self, publisher: str, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame: Any = await track.recv()
+                if track.kind == "video":
+                    self.video[publisher].append((time.monotonic(), read_counter(frame)))
+                else:
+                    self.audio[publisher].append(time.monotonic())
+        except MediaStreamError:
+            self.ended.add((publisher, track.kind))
+
+    def directions_from(self, publisher: str) -> list[str | None]:
+        return [
+            t.currentDirection
+            for t in self.pc.getTransceivers()
+            if t.mid is not None and self.publisher_of_mid.get(t.mid) == publisher
+        ]
+
+    def has_media_from(self, publishers: list[str], frames: int = 1) -> bool:
+        return all(
+            len(self.video[p]) >= frames and len(self.audio[p]) >= frames for p in publishers
+        )
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+class Room:
+    """A MediaRouter with client peers joined to it by direct calls."""
+
+    def __init__(self, config: MediaConfig) -> None:
+        self.states: dict[str, list[MediaState]] = collections.defaultdict(list)
+        self.router = MediaRouter(
+            config, on_media_state_changed=lambda pid, state: self.states[pid].append(state)
+        )
+        self.clients: dict[str, Client] = {}
+
+    async def join(self, pid: str, *, therapist: bool = False, amplitude: float = 0.3) -> Client:
+        client = Client(pid, self.router, amplitude=amplitude)
+        self.clients[pid] = client
+        await self.router.add_participant(pid, is_therapist=therapist, on_offer=client.on_offer)
+        return client
+
+    async def leave(self, pid: str) -> None:
+        await self.router.remove_participant(pid)
+        await self.clients.pop(pid).close()
+
+    async def close(self) -> None:
+        await self.router.close()
+        await asyncio.gather(*(c.close() for c in self.clients.values()))
+
+
+@pytest.fixture
+def loopback_only() -> Iterator[None]:
+    announce_host_addresses(["127.0.0.1"])
+    yield
+    announce_host_addresses([])
+
+
+@contextlib.asynccontextmanager
+async def room(config: MediaConfig | None = None) -> AsyncIterator[Room]:
+    the_room = Room(config or MediaConfig())
+    try:
+        yield the_room
+    finally:
+        await the_room.close()
+
+
+@pytest.fixture
+def codecs_made(monkeypatch: pytest.MonkeyPatch) -> dict[str, collections.Counter[str]]:
+    """Counts, by class, every decoder and encoder aiortc's receivers and senders create."""
+    install_passthrough_hooks()
+    made: dict[str, collections.Counter[str]] = {
+        "decoders": collections.Counter(),
+        "encoders": collections.Counter(),
+    }
+
+    def counting(factory: Callable[[Any], Any], kind: str) -> Callable[[Any], Any]:
+        def make(codec: Any) -> Any:
+            codec_object = factory(codec)
+            made[kind][type(codec_object).__name__] += 1
+            return codec_object
+
+        return make
+
+    receiver_module: Any = aiortc.rtcrtpreceiver
+    sender_module: Any = aiortc.rtcrtpsender
+    monkeypatch.setattr(
+        receiver_module, "get_decoder", counting(receiver_module.get_decoder, "decoders")
+    )
+    monkeypatch.setattr(
+        sender_module, "get_encoder", counting(sender_module.get_encoder, "encoders")
+    )
+    return made
+
+
+@pytest.mark.asyncio
+async def test_four_participants_receive_each_other_without_server_transcoding(
+    loopback_only: None,
+    codecs_made: dict[str, collections.Counter[str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pids = ["therapist", "ann", "bob", "cat"]
+    async with room() as r:
+        for pid in pids:
+            await r.join(pid, therapist=pid == "therapist")
+
+        def everyone_receives(frames: int) -> bool:
+            return all(
+                c.has_media_from([p for p in pids if p != pid], frames)
+                for pid, c in r.clients.items()
+            )
+
+        await eventually(lambda: everyone_receives(20), 10, "20 frames of each kind per leg")
+
+        for pid, client in r.clients.items():
+            for publisher in pids:
+                if publisher == pid:
+                    continue
+                frames = client.video[publisher]
+                counters = [counter for _, counter in frames if counter is not None]
+                assert len(counters) == len(frames), f"{pid}: unreadable frames from {publisher}"
+                assert counters == sorted(set(counters)), f"{pid}: {publisher} out of order"
+        assert not [rec for rec in caplog.records if "failed to decode" in rec.getMessage()]
+
+        # Clients: 4 publishers x (VP8 + Opus) encoders, 4 x 3 x 2 decoders. Server: one
+        # passthrough decoder per published track and one passthrough packer per leg; no
+        # codec context of its own.
+        assert codecs_made["encoders"] == {
+            "Vp8Encoder": 4,
+            "OpusEncoder": 4,
+            "PassthroughPacker": 4 * 3 * 2,
+        }
+        assert codecs_made["decoders"] == {
+            "Vp8Decoder": 4 * 3,
+            "OpusDecoder": 4 * 3,
+            "PassthroughDecoder": 4 * 2,
+        }
+
+        for client in r.clients.values():
+            candidates = [
+                line for sdp in client.sdps for line in sdp.splitlines() if "candidate:" in line
+            ]
+            assert candidates
+            assert all(" 127.0.0.1 " in line and " typ host" in line for line in candidates)
+
+        for pid in pids:
+            assert r.router.media_state(pid) == MediaState(True, True)
+        await eventually(lambda: set(r.router.speaking()) == set(pids), 3, "all four speaking")
+
+
+@pytest.mark.asyncio
+async def test_join_gets_video_quickly_and_leaving_removes_tracks(loopback_only: None) -> None:
+    async with room() as r:
+        for pid in ("therapist", "ann", "bob"):
+            await r.join(pid, therapist=pid == "therapist")
+        await eventually(
+            lambda: all(
+                c.has_media_from([p for p in r.clients if p != pid]) for pid, c in r.clients.items()
+            ),
+            10,
+            "the first three to see each other",
+        )
+
+        joined_at = time.monotonic()
+        dan = await r.join("dan")
+        await eventually(
+            lambda: all(dan.video[p] for p in ("therapist", "ann", "bob")),
+            2,
+            "dan's first frame from each publisher",
+        )
+        first_frame_s = {p: dan.video[p][0][0] - joined_at for p in ("therapist", "ann", "bob")}
+        print(f"first remote video frame after joining, seconds: {first_frame_s}")
+        assert max(first_frame_s.values()) < 2 * SCALE, first_frame_s
+
+        await r.leave("bob")
+        await r.router.remove_participant("bob")  # idempotent
+
+        def bob_gone(client: Client) -> bool:
+            return {("bob", "audio"), ("bob", "video")} <= client.ended and client.directions_from(
+                "bob"
+            ) == ["inactive", "inactive"]
+
+        for pid in ("therapist", "ann", "dan"):
+            await eventually(
+                functools.partial(bob_gone, r.clients[pid]),
+                3,
+                f"bob's tracks to end and his m-lines to turn inactive at {pid}",
+            )
+        assert r.states["bob"][-1] == MediaState(False, False)
+        assert "bob" not in r.router.participants()
+
+        seen = {p: len(dan.video[p]) for p in ("therapist", "ann")}
+        await eventually(
+            lambda: all(len(dan.video[p]) > seen[p] + 5 for p in seen),
+            3,
+            "the others' video to keep flowing to dan",
+        )
+
+
+@pytest.mark.asyncio
+async def test_selective_video_forwarding(loopback_only: None) -> None:
+    async with room(MediaConfig(max_video_forwarded=1)) as r:
+        await r.join("therapist", therapist=True)
+        for pid in ("ann", "bob", "cat"):
+            await r.join(pid)
+        viewer = await r.join("viewer", amplitude=0.0)
+
+        speakers = {"therapist", "ann", "bob", "cat"}
+        await eventually(lambda: set(r.router.speaking()) == speakers, 5, "the four speakers")
+        await eventually(lambda: bool(viewer.video["therapist"]), 5, "the therapist's video")
+        await eventually(
+            lambda: all(viewer.audio[p] for p in speakers), 5, "everyone's audio at the viewer"
+        )
+
+        # Count what arrives over a window once the speaker order has settled.
+        await asyncio.sleep(0.5 * SCALE)
+        before = {p: len(viewer.video[p]) for p in speakers}
+        await asyncio.sleep(1.5 * SCALE)
+        arriving = {p for p in speakers if len(viewer.video[p]) > before[p]}
+
+        assert "therapist" in arriving
+        assert len(arriving - {"therapist"}) <= 1
+        assert arriving == r.router.forwarded_video("viewer")
+        assert len(arriving) == 2
+        assert all(len(viewer.audio[p]) > 25 for p in speakers)
+        assert "viewer" not in r.router.speaking()
+
+
+def _packet(pts: int, *, keyframe: bool) -> av.Packet[Any]:
+    packet: av.Packet[Any] = av.Packet(bytes([pts]))
+    packet.pts = pts
+    packet.is_keyframe = keyframe
+    return packet
+
+
+@pytest.mark.asyncio
+async def test_forwarded_leg_starts_at_a_keyframe_and_drops_to_the_next_on_overflow() -> None:
+    requests: list[float] = []
+    source = PacketSource("video", send_keyframe_request=lambda: requests.append(time.monotonic()))
+    leg = ForwardedTrack(source, queue_size=3)
+
+    source.put_nowait(_packet(0, keyframe=True))  # the leg has not started: not queued
+    first = asyncio.create_task(leg.recv())  # starting asks the publisher for a keyframe
+    await asyncio.sleep(0)
+    assert len(requests) == 1
+    source.put_nowait(_packet(1, keyframe=False))  # skipped while waiting for a keyframe
+    source.put_nowait(_packet(2, keyframe=True))
+    assert (await first).pts == 2
+
+    for pts in range(3, 7):  # the fourth overflows the queue of three
+        source.put_nowait(_packet(pts, keyframe=False))
+    assert leg.overflows == 1
+    source.put_nowait(_packet(7, keyframe=False))
+    source.put_nowait(_packet(8, keyframe=True))
+    assert (await leg.recv()).pts == 8
+    # The overflow's request fell inside the throttle interval and the keyframe made it moot.
+    await asyncio.sleep(0.6)
+    assert len(requests) == 1
+
+    # A leg starting once the last request was answered asks at once; one starting while a
+    # request is unanswered waits for that keyframe.
+    second, third = (ForwardedTrack(source, queue_size=3) for _ in range(2))
+    second_recv = asyncio.create_task(second.recv())
+    await asyncio.sleep(0)
+    assert len(requests) == 2
+    third_recv = asyncio.create_task(third.recv())
+    await asyncio.sleep(0)
+    assert len(requests) == 2
+    source.put_nowait(_packet(9, keyframe=True))
+    assert [(await second_recv).pts, (await third_recv).pts] == [9, 9]
+
+    source.close()
+    for ended in (leg, second, third):
+        with pytest.raises(MediaStreamError):
+            await ended.recv()
+        assert ended.readyState == "ended"
+
+
+def test_ice_configuration(loopback_only: None) -> None:
+    assert rtc_configuration([]).iceServers == []
+    stun, turn = (
+        rtc_configuration(
+            ["stun:stun.example.org", "turn:alice:s%40cret@turn.example.org:3478?transport=tcp"]
+        ).iceServers
+        or []
+    )
+    assert (stun.urls, stun.username) == ("stun:stun.example.org", None)
+    assert (turn.urls, turn.username, turn.credential) == (
+        "turn:turn.example.org:3478?transport=tcp",
+        "alice",
+        "s@cret",
+    )
+    for bad in ("http://example.org", "stun:alice:pw@example.org", "turn:"):
+        with pytest.raises(ValueError):
+            rtc_configuration([bad])
+
+    assert aioice.ice.get_host_addresses(True, True) == ["127.0.0.1"]
+    announce_host_addresses([])
+    assert "127.0.0.1" not in aioice.ice.get_host_addresses(True, True)
