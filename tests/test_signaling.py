@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from tests.conftest import seconds
 from vio import clinic
-from vio.bot import Bot, sign_in
+from vio.bot import Bot, check_in_at_home, sign_in
 from vio.demo import ROSTER
 from vio.media import announce_host_addresses
 from vio.models import Patient, Session, SessionKind
@@ -28,14 +28,16 @@ async def patient_cookie(db, settings, clock, server, name):
     patient = (await db.execute(select(Patient).where(Patient.legal_name == name))).scalar_one()
     token = await clinic.issue_patient_link(db, Signer(settings.secret_key), patient, clock.now())
     await db.commit()
-    _, cookie = await asyncio.to_thread(sign_in, f"{server.base_url}/p/{token}", None, None)
-    return cookie
+    web = await asyncio.to_thread(sign_in, f"{server.base_url}/p/{token}")
+    session_id = await live_session_id(db)
+    await asyncio.to_thread(check_in_at_home, web, session_id)
+    return web.cookie
 
 
 async def therapist_cookie(server):
-    _, cookie = await asyncio.to_thread(sign_in, f"{server.base_url}/login",
-                                        "therapist@demo.vio", "demo-therapist")
-    return cookie
+    web = await asyncio.to_thread(sign_in, f"{server.base_url}/login",
+                                  "therapist@demo.vio", "demo-therapist")
+    return web.cookie
 
 
 async def live_session_id(db):

@@ -67,43 +67,67 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def sign_in(link: str, email: str | None, password: str | None) -> tuple[str, str]:
-    """Sign in through the web pages; returns (base URL, Cookie header)."""
-    jar = CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect)
-    parts = urllib.parse.urlsplit(link)
-    base = f"{parts.scheme}://{parts.netloc}"
+class WebSession:
+    """A browser-like HTTP session (cookies, no automatic redirects) for signing in."""
 
-    def fetch(url: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = CookieJar()
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect)
+
+    @property
+    def cookie(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.jar)
+
+    def fetch(self, url: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+        if url.startswith("/"):
+            url = self.base + url
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         try:
-            with opener.open(url, body, timeout=HTTP_TIMEOUT_SECONDS) as response:
+            with self._opener.open(url, body, timeout=HTTP_TIMEOUT_SECONDS) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")
 
+    def post_form(self, url: str, fields: dict[str, str]) -> int:
+        """Fill in the page's form at ``url`` (with its CSRF token) and post it."""
+        status, page = self.fetch(url)
+        match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        if match is None:
+            raise SignInFailed(f"{url} has no form (HTTP {status})")
+        status, _ = self.fetch(url, {**fields, "csrf_token": match.group(1)})
+        return status
+
+
+def sign_in(link: str, email: str | None = None, password: str | None = None) -> WebSession:
+    """Sign in through the web pages, as a person would."""
+    parts = urllib.parse.urlsplit(link)
+    web = WebSession(f"{parts.scheme}://{parts.netloc}")
     if parts.path.rstrip("/").endswith("/login"):
         if not email or not password:
             raise SignInFailed("a /login link needs --email and --password")
-        _, page = fetch(link)
-        match = re.search(r'name="csrf_token" value="([^"]+)"', page)
-        if match is None:
-            raise SignInFailed("the sign-in page has no form")
-        status, _ = fetch(link, {"email": email, "password": password,
-                                 "csrf_token": match.group(1), "next": "/staff"})
+        status = web.post_form(link, {"email": email, "password": password, "next": "/staff"})
     else:
-        status, _ = fetch(link)
+        status, _ = web.fetch(link)
     if status != 303:
         raise SignInFailed(f"sign-in was refused (HTTP {status})")
-    cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
-    return base, cookie
+    return web
 
 
-def joinable_sessions(base: str, cookie: str) -> list[dict[str, Any]]:
-    request = urllib.request.Request(f"{base}/api/sessions/joinable", headers={"Cookie": cookie})
-    with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
-        sessions: list[dict[str, Any]] = json.load(response)["sessions"]
-        return sessions
+def check_in_at_home(web: WebSession, session_id: int) -> None:
+    """A patient confirms they are at home for this session (staff need no check-in)."""
+    status, _ = web.fetch(f"/sessions/{session_id}/check-in")
+    if status == 200:
+        web.post_form(f"/sessions/{session_id}/check-in", {"location": "home"})
+
+
+def joinable_sessions(web: WebSession) -> list[dict[str, Any]]:
+    status, body = web.fetch("/api/sessions/joinable")
+    if status != 200:
+        raise SignInFailed(f"could not list sessions (HTTP {status})")
+    sessions: list[dict[str, Any]] = json.loads(body)["sessions"]
+    return sessions
 
 
 class Bot:
@@ -237,13 +261,14 @@ async def run_bot(link: str, *, seconds: float, email: str | None = None,
                   password: str | None = None, session_id: int | None = None,
                   camera: bool = True, mic: bool = True, admit_all: bool = False,
                   name: str | None = None) -> BotResult:
-    base, cookie = await asyncio.to_thread(sign_in, link, email, password)
+    web = await asyncio.to_thread(sign_in, link, email, password)
     if session_id is None:
-        sessions = await asyncio.to_thread(joinable_sessions, base, cookie)
+        sessions = await asyncio.to_thread(joinable_sessions, web)
         if not sessions:
             return BotResult(refusal="no-joinable-session")
         session_id = int(sessions[0]["id"])
-    ws_base = "wss" + base[5:] if base.startswith("https") else "ws" + base[4:]
-    bot = Bot(f"{ws_base}/ws/sessions/{session_id}", cookie, camera=camera, mic=mic,
+    await asyncio.to_thread(check_in_at_home, web, session_id)
+    ws_base = "wss" + web.base[5:] if web.base.startswith("https") else "ws" + web.base[4:]
+    bot = Bot(f"{ws_base}/ws/sessions/{session_id}", web.cookie, camera=camera, mic=mic,
               admit_all=admit_all, name=name)
     return await bot.run(seconds)

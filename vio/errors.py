@@ -45,6 +45,7 @@ CLOSE_CODES: dict[str, int] = {
     "not-signed-in": 4401,
     "not-on-roster": 4403,
     "consent-missing": 4403,
+    "check-in-needed": 4412,
     "removed": 4403,
     "denied": 4403,
     "invite-in-use": 4403,

@@ -374,7 +374,8 @@ class AuditEvent(Base):
 
 
 __all__ = [
-    "AgeGroup", "AttendanceEvent", "AttendanceKind", "AuditEvent", "Base", "Consent", "ConsentKind", "EnrollmentStatus", "FamilyMember",
+    "AgeGroup", "AttendanceEvent", "AttendanceKind", "AuditEvent", "Base", "Consent",
+    "ConsentKind", "EnrollmentStatus", "FamilyMember",
     "Group", "GroupTherapist", "LevelOfCare", "Patient", "PatientLink", "Program",
     "RosterMembership", "Session", "SessionKind", "SessionSeries", "SessionStatus",
     "SessionTherapist", "StaffRole", "StaffUser", "WaitingRoomPolicy",

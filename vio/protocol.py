@@ -38,17 +38,20 @@ CLIENT_MESSAGES: dict[str, FieldSpec] = {
     "unlock": {},
     "extend": {"minutes": (int, True)},
     "end": {},
+    "safety-card": {"participant_id": (str, True)},
+    "side-room": {"participant_id": (str, True)},
+    "main-room": {"participant_id": (str, True)},
 }
 
 SERVER_MESSAGES = (
     "welcome", "waiting", "offer", "participant-joined", "participant-left", "waiting-list",
     "speaking", "media-state", "moderated", "chat", "time", "warning", "pong", "error",
-    "refused", "ended", "room-state",
+    "refused", "ended", "room-state", "safety-card", "side-room",
 )
 
 MODERATOR_MESSAGES = frozenset({
     "admit", "deny", "admit-all", "mute", "stop-video", "remove", "lock", "unlock", "extend",
-    "end",
+    "end", "safety-card", "side-room", "main-room",
 })
 
 

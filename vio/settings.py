@@ -175,6 +175,10 @@ class Settings:
     room_tick_seconds: float = setting(
         "VIO_ROOM_TICK_SECONDS", 1.0, _seconds,
         "How often a room checks its clock for warnings and the end.")
+    attendance_heartbeat_seconds: float = setting(
+        "VIO_ATTENDANCE_HEARTBEAT_SECONDS", 15.0, _seconds,
+        "How often a live room records who is present; after a crash, open attendance "
+        "intervals close at the last such record.")
     cookie_secure: bool = setting(
         "VIO_COOKIE_SECURE", False, _bool, "Send cookies only over HTTPS.")
 

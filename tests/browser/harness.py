@@ -174,9 +174,11 @@ async def wait_until(check: Callable[[], Awaitable[bool]], within: float, what: 
 
 
 async def patient_joins(page: Page, link: str) -> None:
-    """A patient opens their link, goes to today's session and joins from the pre-join check."""
+    """A patient opens their link, opens today's session, checks in at home and joins."""
     await page.goto(link)
     await page.click("text=Join now")
+    await page.check("#location-home")
+    await page.click("#check-in-button")
     await page.click("#join-button", timeout=seconds(20) * 1000)
 
 

@@ -158,6 +158,7 @@ class MediaRouter:
         self._participants: dict[str, _Participant] = {}
         self._speaker_order: list[str] = []
         self._speaking: list[str] = []
+        self._spaces: dict[str, str] = {}
         self._codecs = {kind: _pinned_codecs(kind) for kind in KINDS}
         self._monitor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -226,6 +227,7 @@ class MediaRouter:
         inactive with the others' next offer.
         """
         p = self._participants.pop(pid, None)
+        self._spaces.pop(pid, None)
         if p is None:
             return
         p.removed = True
@@ -288,6 +290,17 @@ class MediaRouter:
         """The publishers whose video is currently forwarded to ``pid``."""
         p = self._participants.get(pid)
         return frozenset() if p is None else self._allowed_video(p)
+
+    def set_space(self, pid: str, space: str | None) -> None:
+        """Put ``pid`` in a private side room (``None``: the main room).
+
+        Audio and video flow only between participants in the same space.
+        """
+        if space is None:
+            self._spaces.pop(pid, None)
+        else:
+            self._spaces[pid] = space
+        self._replan()
 
     def participants(self) -> list[str]:
         """The connected participants, in order of arrival."""
@@ -441,19 +454,25 @@ class MediaRouter:
 
     def _allowed_video(self, receiver: _Participant) -> frozenset[str]:
         """Therapists plus the ``max_video_forwarded`` most recent speakers, never oneself."""
+        space = self._spaces.get(receiver.pid)
         others = [
             pid
             for pid in self._speaker_order
             if pid != receiver.pid and not self._participants[pid].is_therapist
+            and self._spaces.get(pid) == space
         ]
         therapists = [
-            pid for pid, p in self._participants.items() if p.is_therapist and pid != receiver.pid
+            pid for pid, p in self._participants.items()
+            if p.is_therapist and pid != receiver.pid and self._spaces.get(pid) == space
         ]
         return frozenset(therapists + others[: self.config.max_video_forwarded])
 
     def _replan(self) -> None:
         for p in self._participants.values():
             allowed = self._allowed_video(p)
+            space = self._spaces.get(p.pid)
             for (publisher, kind), leg in p.outgoing.items():
                 if kind == "video":
                     leg.track.set_paused(publisher not in allowed)
+                else:
+                    leg.track.set_paused(self._spaces.get(publisher) != space)

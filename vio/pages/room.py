@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vio import clinic
-from vio.models import Session
-from vio.pages.common import ViewerRole, current_viewer, render, room_ticket, state
+from vio.models import AttendanceKind, Session
+from vio.pages.common import (
+    ViewerRole,
+    checked_form,
+    current_viewer,
+    render,
+    room_ticket,
+    state,
+)
+from vio.rooms import records
+from vio.rooms.room import RoomEvent
 from vio.rooms.signaling import serve
 
 
@@ -29,6 +39,11 @@ async def room_page(request: Request) -> Response:
     if session is None:
         return render(request, "message.html", status_code=404, title="Not found",
                       message="We can't find this session.", code="no-such-session")
+    if viewer.patient is not None:
+        async with app.db() as db:
+            check_in = await records.latest_check_in(db, session.id, viewer.patient.id)
+        if check_in is None:
+            return RedirectResponse(f"/sessions/{session.id}/check-in", status_code=303)
     ws_scheme = "wss" if request.url.scheme == "https" else "ws"
     role = "therapist" if viewer.is_staff else viewer.role.value
     display = (viewer.staff.name if viewer.staff else
@@ -43,6 +58,50 @@ async def room_page(request: Request) -> Response:
         "endedUrl": "/staff" if viewer.is_staff else "/me",
     }
     return render(request, "room.html", room_config=config, session_title=session.title)
+
+
+US_STATE = re.compile(r"^[A-Za-z]{2}$")
+
+
+async def check_in(request: Request) -> Response:
+    """Before each session, a patient confirms where they are right now (DESIGN.md, Safety)."""
+    app = state(request)
+    session_id = request.path_params["session_id"]
+    async with app.db() as db:
+        viewer = await current_viewer(request, db)
+        request.scope["vio.viewer"] = viewer
+        if viewer.patient is None:
+            return RedirectResponse(f"/sessions/{session_id}/room", status_code=303)
+        patient = viewer.patient
+        facts = await records.load_facts(db, session_id, app.clock.now())
+        if facts is None or patient.id not in facts.patient_ids:
+            return render(request, "message.html", status_code=403, title="Not on your schedule",
+                          message="This session isn't on your schedule. Please check with your "
+                                  "care team.", code="not-on-roster")
+        error = None
+        form_values: dict[str, str] = {}
+        if request.method == "POST":
+            form = await checked_form(request)
+            form_values = {k: str(form.get(k, "")).strip()
+                           for k in ("location", "address", "city", "state")}
+            location = form_values["location"]
+            if location == "home":
+                detail = {"location": "home", "address": patient.usual_location}
+            elif location == "other":
+                if not (form_values["address"] and form_values["city"]
+                        and US_STATE.match(form_values["state"])):
+                    error = "Please give the address, city and two-letter state where you are."
+                detail = {"location": "other", "address": form_values["address"],
+                          "city": form_values["city"], "state": form_values["state"].upper()}
+            else:
+                error = "Please tell us where you are right now."
+            if error is None:
+                await records.append_event(db, session_id, app.clock.now(), RoomEvent(
+                    AttendanceKind.CHECKED_IN, person=f"patient:{patient.id}", role="patient",
+                    patient_id=patient.id, detail=detail))
+                return RedirectResponse(f"/sessions/{session_id}/room", status_code=303)
+    return render(request, "check_in.html", status_code=400 if error else 200, error=error,
+                  patient=patient, session_title=facts.title, values=form_values)
 
 
 async def joinable(request: Request) -> Response:
@@ -70,5 +129,6 @@ async def joinable(request: Request) -> Response:
 routes = [
     Route("/api/sessions/joinable", joinable),
     Route("/sessions/{session_id:int}/room", room_page),
+    Route("/sessions/{session_id:int}/check-in", check_in, methods=["GET", "POST"]),
     WebSocketRoute("/ws/sessions/{session_id:int}", serve),
 ]

@@ -1,8 +1,9 @@
 """Who may enter a session's room, and whether they wait first: every rule in one place.
 
 Pure functions over plain facts, checked on every join and rejoin. The order of the checks is
-the order of ``admission``: identity, belonging, session status, join window, removal, lock,
-capacity. ``entry`` then says whether the person goes straight in or to the waiting room.
+the order of ``admission``: identity, belonging (roster and consents), session status, join
+window, removal, lock, capacity, and the patient's check-in for this session.
+``goes_straight_in`` then says whether the person enters the room or waits to be admitted.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class SessionFacts:
     patient_ids: frozenset[int]
     # Of those, the ones whose consents for this kind of session are active now.
     consented_patient_ids: frozenset[int]
+    # Patients who have confirmed where they are for this session.
+    checked_in_patient_ids: frozenset[int] = field(default_factory=frozenset)
     # Family members with a valid invite to this session.
     invited_family_ids: frozenset[int] = field(default_factory=frozenset)
 
@@ -125,6 +128,9 @@ def admission(person: Person | None, facts: SessionFacts | None, room: RoomView,
                       "Please contact your care team.")
     if room.occupancy >= room.capacity and not person.is_therapist:
         raise Refusal("room-full", "This session is full right now.")
+    if person.role is Role.PATIENT and person.patient_id not in facts.checked_in_patient_ids:
+        raise Refusal("check-in-needed",
+                      "Please confirm where you are right now before joining.")
 
 
 def goes_straight_in(person: Person, facts: SessionFacts, room: RoomView) -> bool:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vio import clinic
-from vio.models import Consent, ConsentKind, Patient, Session, SessionKind, SessionStatus
+from vio.models import (
+    AttendanceEvent,
+    AttendanceKind,
+    Consent,
+    ConsentKind,
+    Patient,
+    Program,
+    Session,
+    SessionKind,
+    SessionStatus,
+)
 from vio.pages.common import Viewer, ViewerRole
 from vio.rooms.admission import Person, Role, SessionFacts
+from vio.rooms.room import RoomEvent
 
 # Consents a patient needs, by kind of session (DESIGN.md "Consent").
 NEEDED_CONSENTS = {
@@ -51,12 +63,50 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
     consented = frozenset(
         p.id for p in members
         if needed <= {c.kind for c in consents if c.patient_id == p.id and c.active_at(now)})
+    checked_in = frozenset((await db.execute(select(AttendanceEvent.patient_id).where(
+        AttendanceEvent.session_id == session.id,
+        AttendanceEvent.kind == AttendanceKind.CHECKED_IN))).scalars())
     return SessionFacts(
         session_id=session.id, program_id=session.program_id, title=session.title,
         kind=session.kind, status=session.status, starts_at=session.starts_at,
         ends_at=session.ends_at, timezone=session.timezone, waiting_room=session.waiting_room,
         therapist_ids=frozenset(await clinic.session_therapist_ids(db, session.id)),
-        patient_ids=frozenset(p.id for p in members), consented_patient_ids=consented)
+        patient_ids=frozenset(p.id for p in members), consented_patient_ids=consented,
+        checked_in_patient_ids=frozenset(i for i in checked_in if i is not None))
+
+
+async def append_event(db: AsyncSession, session_id: int, at: datetime, event: RoomEvent) -> None:
+    """Append one attendance event and commit it."""
+    db.add(AttendanceEvent(session_id=session_id, at=at, kind=event.kind, person=event.person,
+                           role=event.role, connection=event.connection,
+                           patient_id=event.patient_id, detail=event.detail))
+    await db.commit()
+
+
+async def latest_check_in(db: AsyncSession, session_id: int,
+                          patient_id: int) -> dict[str, Any] | None:
+    row = (await db.execute(select(AttendanceEvent).where(
+        AttendanceEvent.session_id == session_id, AttendanceEvent.patient_id == patient_id,
+        AttendanceEvent.kind == AttendanceKind.CHECKED_IN).order_by(AttendanceEvent.id.desc())
+        .limit(1))).scalar_one_or_none()
+    return None if row is None else dict(row.detail)
+
+
+async def safety_card(db: AsyncSession, session_id: int, patient_id: int, actor: str,
+                      now: datetime) -> dict[str, Any]:
+    """Where the patient said they are, whom to call, and the local emergency number; audited."""
+    patient = await db.get(Patient, patient_id)
+    assert patient is not None
+    program = await db.get(Program, patient.program_id)
+    assert program is not None
+    check_in = await latest_check_in(db, session_id, patient_id)
+    await clinic.audit(db, now, actor, "safety-card-view", f"patient:{patient_id}",
+                       session=session_id)
+    await db.commit()
+    return {"location": check_in, "usual_location": patient.usual_location,
+            "emergency_contact": {"name": patient.emergency_contact_name,
+                                  "phone": patient.emergency_contact_phone},
+            "emergency_number": program.emergency_number}
 
 
 async def set_status(db: AsyncSession, session_id: int, status: SessionStatus) -> None:

@@ -10,16 +10,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from vio.clock import Clock
-from vio.errors import BadMessage, Dropped, NotAllowed, Refusal
-from vio.media import MediaError, MediaRouter, TrackInfo
-from vio.models import SessionStatus
-from vio.protocol import MODERATOR_MESSAGES, ClientMessage, message
+from vio.errors import BadMessage, Dropped, NotAllowed
+from vio.media import MediaError, MediaRouter, MediaState, TrackInfo
+from vio.models import AttendanceKind, SessionStatus
+from vio.protocol import ClientMessage, message
 from vio.rooms.admission import Person, Role, RoomView, SessionFacts, admission, goes_straight_in
 from vio.rooms.outbox import Outbox
 from vio.settings import Settings
@@ -42,6 +42,32 @@ class RoomStore:
     async def extend(self, session_id: int, minutes: int) -> datetime | None:
         return None
 
+    async def record(self, session_id: int, event: RoomEvent) -> None:
+        """Append an attendance event; returns once it is committed."""
+        return None
+
+    async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
+        """The patient's safety card for this session; the look is audited."""
+        return {}
+
+
+@dataclass(frozen=True)
+class RoomEvent:
+    """One attendance event as the room sees it (see ``vio.models.AttendanceEvent``)."""
+
+    kind: AttendanceKind
+    person: str | None = None
+    role: str | None = None
+    connection: str | None = None
+    patient_id: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def about(cls, participant: Participant, kind: AttendanceKind, **detail: Any) -> RoomEvent:
+        person = participant.person
+        return cls(kind=kind, person=person.identity, role=person.role.value,
+                   connection=participant.id, patient_id=person.patient_id, detail=detail)
+
 
 @dataclass(eq=False)
 class Participant:
@@ -53,6 +79,7 @@ class Participant:
     admitted: bool = False
     audio: bool = True
     video: bool = True
+    space: str | None = None  # a private side room, or None for the main room
 
     @property
     def is_therapist(self) -> bool:
@@ -82,6 +109,7 @@ class Room:
         self.clock = clock
         self.media = media
         media.on_speaking_changed = self.speaking_changed
+        media.on_media_state_changed = self.media_state_changed
         self.store = store
         self._on_closed = on_closed
         self.participants: dict[str, Participant] = {}
@@ -94,6 +122,8 @@ class Room:
         self._closing = False
         self._timers = RoomTimers(sorted(settings.warning_minutes, reverse=True))
         self._clock_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_heartbeat: datetime | None = None
 
     # --- the rules' view of the room ------------------------------------------------------
 
@@ -135,41 +165,43 @@ class Room:
                 self._forget(old)
                 view = replace(view, reconnecting=view.reconnecting | {person.identity})
                 if old.admitted:
-                    self._broadcast(message("participant-left", participant_id=old.id))
+                    self.broadcast(message("participant-left", participant_id=old.id))
                     await self.media.remove_participant(old.id)
         shown = name if person.role is Role.FAMILY and name else person.name
         participant = Participant(id=f"p-{secrets.token_hex(6)}", person=person, name=shown,
                                   outbox=outbox, arrived_at=now)
         self.dropped_at.pop(person.identity, None)
         if goes_straight_in(person, self.facts, view):
-            await self._enter(participant)
+            await self.enter(participant)
         else:
             self.waiting[participant.id] = participant
+            await self.store.record(self.id, RoomEvent.about(participant, AttendanceKind.WAITING))
             participant.send(message("waiting", message="A therapist will let you in shortly."))
-            self._send_waiting_list()
+            self.send_waiting_list()
         return participant
 
-    async def _enter(self, participant: Participant) -> None:
+    async def enter(self, participant: Participant) -> None:
         participant.admitted = True
         self.participants[participant.id] = participant
+        await self.store.record(self.id, RoomEvent.about(participant, AttendanceKind.ADMITTED))
         participant.send(message(
             "welcome", you=participant.public(),
             session={"id": self.id, "title": self.facts.title,
                      "ends_at": self.ends_at.isoformat(),
-                     "remaining_seconds": self._remaining_seconds(), "locked": self.locked},
+                     "remaining_seconds": self.remaining_seconds(), "locked": self.locked},
             participants=[p.public() for p in self.participants.values()
                           if p is not participant],
             caps={"width": self.settings.publish_width, "height": self.settings.publish_height,
                   "fps": self.settings.publish_fps,
                   "max_bitrate": self.settings.publish_max_kbps * 1000}))
-        self._broadcast(message("participant-joined", participant=participant.public()),
+        self.broadcast(message("participant-joined", participant=participant.public()),
                         exclude=participant)
         if participant.is_therapist:
-            self._send_waiting_list()
+            self.send_waiting_list()
             if self.facts.waiting_room.value == "auto-with-therapist":
                 for waiting in [w for w in self.waiting.values() if w.person.role is Role.PATIENT]:
                     del self.waiting[waiting.id]
-                    await self._enter(waiting)
+                    await self.enter(waiting)
 
         async def send_offer(sdp: str, tracks: list[TrackInfo]) -> None:
             participant.send(message("offer", sdp=sdp, tracks=[
@@ -182,10 +214,11 @@ class Room:
     def _forget(self, participant: Participant) -> bool:
         """Take the participant out of the room's state; True if they were in the room."""
         if self.waiting.pop(participant.id, None) is not None:
-            self._send_waiting_list()
+            self.send_waiting_list()
         return self.participants.pop(participant.id, None) is not None
 
-    async def leave(self, participant: Participant, dropped: bool) -> None:
+    async def leave(self, participant: Participant, dropped: bool,
+                    kind: AttendanceKind | None = None, **detail: Any) -> None:
         """The connection ended; ``dropped`` means not by the person's own choice."""
         if self.participants.get(participant.id) is not participant \
                 and self.waiting.get(participant.id) is not participant:
@@ -193,19 +226,16 @@ class Room:
         was_in = self._forget(participant)
         if dropped and was_in and not self.ended:
             self.dropped_at[participant.person.identity] = self.clock.now()
+        kind = kind or (AttendanceKind.DROPPED if dropped else AttendanceKind.LEFT)
+        await self.store.record(self.id, RoomEvent.about(participant, kind, **detail))
         if was_in:
-            self._broadcast(message("participant-left", participant_id=participant.id))
+            self.broadcast(message("participant-left", participant_id=participant.id))
             await self.media.remove_participant(participant.id)
 
     # --- messages -----------------------------------------------------------------------------
 
     async def handle(self, participant: Participant, msg: ClientMessage) -> None:
         """Act on one validated message from ``participant``."""
-        if msg.type in MODERATOR_MESSAGES:
-            if not (participant.is_therapist and participant.admitted):
-                raise NotAllowed("not-allowed", "Only the session's therapists can do that.")
-            await self._moderate(participant, msg)
-            return
         if msg.type == "ping":
             participant.send(message("pong"))
         elif not participant.admitted:
@@ -217,95 +247,26 @@ class Room:
                 raise BadMessage("bad-answer", f"The answer was not accepted: {error}") from None
         elif msg.type == "media":
             participant.audio, participant.video = msg["audio"], msg["video"]
-            self._broadcast(message("media-state", participant_id=participant.id,
+            self.broadcast(message("media-state", participant_id=participant.id,
                                     audio=participant.audio, video=participant.video))
         elif msg.type == "chat":
             out = message("chat", **{"from": participant.public()}, text=msg["text"].strip(),
                           to=msg["to"])
             if msg["to"] == "room":
-                self._broadcast(out)
+                self.broadcast(out)
             else:
                 for p in self.participants.values():
                     if p.is_therapist or p is participant:
                         p.send(out)
 
-    async def _moderate(self, therapist: Participant, msg: ClientMessage) -> None:
-        actor = therapist.person.identity
-        kind = msg.type
-        if kind in ("lock", "unlock"):
-            self.locked = kind == "lock"
-            self._broadcast(message("room-state", locked=self.locked))
-            await self.store.audit(actor, f"room-{kind}", f"session:{self.id}")
-            return
-        if kind == "end":
-            await self.store.audit(actor, "session-end", f"session:{self.id}")
-            await self.end("A therapist has ended this session.")
-            return
-        if kind == "extend":
-            minutes = msg["minutes"]
-            if minutes > self.settings.max_extend_minutes:
-                raise NotAllowed("bad-extend", f"Extend by at most "
-                                 f"{self.settings.max_extend_minutes} minutes at a time.")
-            new_end = self.ends_at + timedelta(minutes=minutes)
-            self.facts = replace(self.facts, ends_at=new_end)
-            self._timers.pending_warnings = sorted(self.settings.warning_minutes, reverse=True)
-            await self.store.extend(self.id, minutes)
-            await self.store.audit(actor, "session-extend", f"session:{self.id}",
-                                   minutes=minutes, ends_at=new_end.isoformat())
-            self._broadcast(message("time", ends_at=new_end.isoformat(),
-                                    remaining_seconds=self._remaining_seconds()))
-            return
-        if kind == "admit-all":
-            admitted = list(self.waiting.values())
-            self.waiting.clear()
-            for person in admitted:
-                await self.store.audit(actor, "admit", person.person.identity, session=self.id)
-                await self._enter(person)
-            self._send_waiting_list()
-            return
-        target_id = msg["participant_id"]
-        if kind in ("admit", "deny"):
-            waiting = self.waiting.pop(target_id, None)
-            if waiting is None:
-                raise NotAllowed("no-such-participant", "That person is no longer waiting.")
-            await self.store.audit(actor, kind, waiting.person.identity, session=self.id)
-            if kind == "admit":
-                await self._enter(waiting)
-            else:
-                waiting.send(message("refused", code="denied",
-                                     message="The therapist could not let you in this time."))
-                waiting.outbox.close(Refusal("denied", "Not admitted."))
-            self._send_waiting_list()
-            return
-        target = self.participants.get(target_id)
-        if target is None:
-            raise NotAllowed("no-such-participant", "That person is not in the room.")
-        if kind in ("mute", "stop-video"):
-            if kind == "mute":
-                target.audio = False
-            else:
-                target.video = False
-            target.send(message("moderated", action=kind))
-            self._broadcast(message("media-state", participant_id=target.id,
-                                    audio=target.audio, video=target.video))
-            await self.store.audit(actor, kind, target.person.identity, session=self.id)
-        elif kind == "remove":
-            self.removed.add(target.person.identity)
-            await self.store.audit(actor, "remove", target.person.identity, session=self.id,
-                                   reason=msg["reason"])
-            target.send(message("refused", code="removed",
-                                message="A therapist has removed you from this session."))
-            target.outbox.close(Refusal("removed", "Removed by a therapist."))
-            await self.leave(target, dropped=False)
-
     # --- broadcast and time -----------------------------------------------------------------
 
-    def _broadcast(self, msg: dict[str, Any], exclude: Participant | None = None) -> None:
+    def broadcast(self, msg: dict[str, Any], exclude: Participant | None = None) -> None:
         for p in self.participants.values():
             if p is not exclude:
                 p.send(msg)
 
-    def _send_waiting_list(self) -> None:
+    def send_waiting_list(self) -> None:
         listing = message("waiting-list", waiting=[
             {"participant_id": w.id, "name": w.name, "role": w.person.role.value,
              "since": w.arrived_at.isoformat()} for w in self.waiting.values()])
@@ -313,11 +274,28 @@ class Room:
             if p.is_therapist:
                 p.send(listing)
 
-    def _remaining_seconds(self) -> int:
+    def remaining_seconds(self) -> int:
         return max(0, int((self.ends_at - self.clock.now()).total_seconds()))
 
     def speaking_changed(self, participant_ids: list[str]) -> None:
-        self._broadcast(message("speaking", participant_ids=participant_ids))
+        self.broadcast(message("speaking", participant_ids=participant_ids))
+
+    def media_state_changed(self, participant_id: str, state: MediaState) -> None:
+        """What the server itself sees arriving: attendance evidence (audio-video or audio)."""
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            return
+        event = RoomEvent.about(participant, AttendanceKind.MEDIA, audio=state.audio_arriving,
+                                video=state.video_arriving)
+        self._spawn(self.store.record(self.id, event))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def rearm_warnings(self) -> None:
+        self._timers.pending_warnings = sorted(self.settings.warning_minutes, reverse=True)
 
     async def _run_clock(self) -> None:
         """Warnings at the configured offsets, then the hard end."""
@@ -330,14 +308,26 @@ class Room:
                     minutes = self._timers.pending_warnings.pop(0)
                     # A warning whose moment passed before the room opened is not sent late.
                     if remaining > timedelta(minutes=minutes) - WARNING_TOLERANCE:
-                        self._broadcast(message(
+                        self.broadcast(message(
                             "warning", minutes_left=minutes,
                             message=f"This session ends in {minutes} minute"
                                     f"{'s' if minutes != 1 else ''}."))
                 if remaining <= timedelta(0):
                     await self.end("This session has ended.")
                     return
+                await self._heartbeat()
                 await asyncio.sleep(min(tick, remaining.total_seconds()))
+
+    async def _heartbeat(self) -> None:
+        """Now and then, record who is in the room: a crash loses at most one interval."""
+        now = self.clock.now()
+        every = timedelta(seconds=self.settings.attendance_heartbeat_seconds)
+        if self._last_heartbeat is not None and now - self._last_heartbeat < every:
+            return
+        self._last_heartbeat = now
+        if self.participants:
+            await self.store.record(self.id, RoomEvent(AttendanceKind.HEARTBEAT, detail={
+                "present": sorted(self.participants)}))
 
     async def end(self, why: str) -> None:
         """End the session for everyone: tell them, close their connections and media."""
@@ -353,6 +343,8 @@ class Room:
             p.send(message("ended", message=why))
             p.outbox.close(Dropped("ended", why))
         try:
+            await self.store.record(self.id, RoomEvent(AttendanceKind.SESSION_ENDED, detail={
+                "present": [p.id for p in everyone if p.admitted]}))
             await self.media.close()
             await self.store.set_status(self.id, SessionStatus.ENDED)
         finally:

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -23,10 +24,10 @@ from vio.media import MediaRouter
 from vio.models import SessionStatus
 from vio.pages.common import current_viewer, state, viewer_from_ticket
 from vio.protocol import message, parse
-from vio.rooms import records
+from vio.rooms import dispatch, records
 from vio.rooms.admission import Person, RoomView, SessionFacts, admission
 from vio.rooms.outbox import Outbox
-from vio.rooms.room import Participant, Room, RoomStore
+from vio.rooms.room import Participant, Room, RoomEvent, RoomStore
 from vio.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,15 @@ class DatabaseRoomStore(RoomStore):
     async def extend(self, session_id: int, minutes: int) -> datetime | None:
         async with self.db() as session:
             return await records.extend(session, session_id, minutes)
+
+    async def record(self, session_id: int, event: RoomEvent) -> None:
+        async with self.db() as session:
+            await records.append_event(session, session_id, self.clock.now(), event)
+
+    async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
+        async with self.db() as session:
+            return await records.safety_card(session, session_id, patient_id, actor,
+                                             self.clock.now())
 
 
 class RoomDirectory:
@@ -167,7 +177,7 @@ async def serve(ws: WebSocket) -> None:
                 if msg.type == "join":
                     raise BadMessage("already-joined", "You have already joined.")
                 assert room is not None and participant is not None
-                await room.handle(participant, msg)
+                await dispatch.handle(room, participant, msg)
             except (BadMessage, NotAllowed) as error:
                 about = msg.type if msg is not None else None
                 outbox.put(message("error", code=error.code, message=error.message, about=about))
