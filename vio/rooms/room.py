@@ -181,6 +181,9 @@ class Room:
         return participant
 
     async def enter(self, participant: Participant) -> None:
+        if self.facts.status is SessionStatus.SCHEDULED:
+            self.facts = replace(self.facts, status=SessionStatus.OPEN)
+            await self.store.set_status(self.id, SessionStatus.OPEN)
         participant.admitted = True
         self.participants[participant.id] = participant
         await self.store.record(self.id, RoomEvent.about(participant, AttendanceKind.ADMITTED))
@@ -330,7 +333,7 @@ class Room:
                 "present": sorted(self.participants)}))
 
     async def end(self, why: str) -> None:
-        """End the session for everyone: tell them, close their connections and media."""
+        """End the session for everyone: record it, tell them, close connections and media."""
         if self._closing:
             await self._closed.wait()
             return
@@ -339,14 +342,16 @@ class Room:
         everyone = [*self.participants.values(), *self.waiting.values()]
         self.participants.clear()
         self.waiting.clear()
-        for p in everyone:
-            p.send(message("ended", message=why))
-            p.outbox.close(Dropped("ended", why))
         try:
             await self.store.record(self.id, RoomEvent(AttendanceKind.SESSION_ENDED, detail={
                 "present": [p.id for p in everyone if p.admitted]}))
-            await self.media.close()
             await self.store.set_status(self.id, SessionStatus.ENDED)
+        finally:
+            for p in everyone:
+                p.send(message("ended", message=why))
+                p.outbox.close(Dropped("ended", why))
+        try:
+            await self.media.close()
         finally:
             if self._clock_task is not None and self._clock_task is not asyncio.current_task():
                 self._clock_task.cancel()

@@ -1,0 +1,99 @@
+"""The admission rules as pure functions: no socket, no event loop."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from vio.errors import Refusal
+from vio.models import SessionKind, SessionStatus, WaitingRoomPolicy
+from vio.rooms.admission import Person, Role, RoomView, SessionFacts, admission, goes_straight_in
+
+START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # 6:00 PM in Chicago
+FACTS = SessionFacts(
+    session_id=1, program_id=1, title="Evening", kind=SessionKind.GROUP,
+    status=SessionStatus.SCHEDULED, starts_at=START, ends_at=START + timedelta(hours=3),
+    timezone="America/Chicago", waiting_room=WaitingRoomPolicy.THERAPIST_ADMITS,
+    therapist_ids=frozenset({10}), patient_ids=frozenset({1, 2}),
+    consented_patient_ids=frozenset({1}), checked_in_patient_ids=frozenset({1}))
+ROOM = RoomView(removed=frozenset(), locked=False, ended=False, occupancy=0, capacity=3,
+                therapist_present=False, reconnecting=frozenset())
+PATIENT = Person("patient:1", Role.PATIENT, "Dana R.", patient_id=1)
+THERAPIST = Person("staff:10", Role.THERAPIST, "Jordan", staff_id=10)
+EARLY = timedelta(minutes=15)
+NOW = START + timedelta(minutes=5)
+
+
+def refused(person=PATIENT, facts=FACTS, room=ROOM, now=NOW):
+    with pytest.raises(Refusal) as refusal:
+        admission(person, facts, room, now, EARLY)
+    return refusal.value
+
+
+def test_a_rostered_consented_checked_in_patient_enters():
+    admission(PATIENT, FACTS, ROOM, NOW, EARLY)
+
+
+@pytest.mark.parametrize(("kwargs", "code"), [
+    ({"person": None}, "not-signed-in"),
+    ({"facts": None}, "no-such-session"),
+    ({"person": Person("patient:3", Role.PATIENT, "X", patient_id=3)}, "not-on-roster"),
+    ({"person": Person("patient:2", Role.PATIENT, "Y", patient_id=2)}, "consent-missing"),
+    ({"person": Person("staff:11", Role.THERAPIST, "Z", staff_id=11)}, "not-on-roster"),
+    ({"facts": FACTS.__class__(**{**FACTS.__dict__, "status": SessionStatus.CANCELLED})},
+     "session-cancelled"),
+    ({"now": START + timedelta(hours=3)}, "session-ended"),
+    ({"room": RoomView(**{**ROOM.__dict__, "ended": True})}, "session-ended"),
+    ({"now": START - timedelta(minutes=27)}, "too-early"),
+    ({"room": RoomView(**{**ROOM.__dict__, "removed": frozenset({"patient:1"})})}, "removed"),
+    ({"room": RoomView(**{**ROOM.__dict__, "locked": True})}, "room-locked"),
+    ({"room": RoomView(**{**ROOM.__dict__, "occupancy": 3})}, "room-full"),
+    ({"facts": FACTS.__class__(**{**FACTS.__dict__, "checked_in_patient_ids": frozenset()})},
+     "check-in-needed"),
+])
+def test_each_refusal(kwargs, code):
+    assert refused(**kwargs).code == code
+
+
+def test_too_early_says_when_the_room_opens():
+    refusal = refused(now=START - timedelta(minutes=27))
+    assert refusal.message == "Your session opens at 5:45 PM, in 12 minutes."
+
+
+def test_the_window_opens_early_and_closes_at_the_end():
+    admission(PATIENT, FACTS, ROOM, START - EARLY, EARLY)
+    admission(PATIENT, FACTS, ROOM, FACTS.ends_at - timedelta(seconds=1), EARLY)
+
+
+def test_therapists_enter_locked_and_full_rooms_and_admins_enter_any():
+    room = RoomView(**{**ROOM.__dict__, "locked": True, "occupancy": 3})
+    admission(THERAPIST, FACTS, room, NOW, EARLY)
+    admin = Person("staff:99", Role.THERAPIST, "Admin", is_admin=True, staff_id=99)
+    admission(admin, FACTS, room, NOW, EARLY)
+
+
+def test_a_reconnecting_patient_gets_back_into_a_locked_room_and_skips_waiting():
+    room = RoomView(**{**ROOM.__dict__, "locked": True, "reconnecting": frozenset({"patient:1"})})
+    admission(PATIENT, FACTS, room, NOW, EARLY)
+    assert goes_straight_in(PATIENT, FACTS, room)
+
+
+@pytest.mark.parametrize(("policy", "therapist_present", "straight_in"), [
+    (WaitingRoomPolicy.THERAPIST_ADMITS, True, False),
+    (WaitingRoomPolicy.AUTO_WITH_THERAPIST, False, False),
+    (WaitingRoomPolicy.AUTO_WITH_THERAPIST, True, True),
+    (WaitingRoomPolicy.OPEN, False, True),
+])
+def test_waiting_room_policy(policy, therapist_present, straight_in):
+    facts = FACTS.__class__(**{**FACTS.__dict__, "waiting_room": policy})
+    room = RoomView(**{**ROOM.__dict__, "therapist_present": therapist_present})
+    assert goes_straight_in(PATIENT, facts, room) is straight_in
+    assert goes_straight_in(THERAPIST, facts, room)
+
+
+def test_family_members_always_wait():
+    family = Person("family-invite:1", Role.FAMILY, "Angela", family_member_id=5)
+    facts = FACTS.__class__(**{**FACTS.__dict__, "waiting_room": WaitingRoomPolicy.OPEN,
+                               "invited_family_ids": frozenset({5})})
+    admission(family, facts, ROOM, NOW, EARLY)
+    assert not goes_straight_in(family, facts, RoomView(**{**ROOM.__dict__,
+                                                           "therapist_present": True}))
