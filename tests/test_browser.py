@@ -49,3 +49,12 @@ def test_two_tabs_of_one_browser_with_two_patient_links_see_and_hear_each_other(
         assert page["playing"] >= 1 and page["rising"] >= 1 and page["hearing"] >= 1, page
     assert any("Marcus L." in name for name in result["names"][0]), result["names"]
     assert any("Dana R." in name for name in result["names"][1]), result["names"]
+
+
+def test_patient_checks_in_waits_is_admitted_and_sees_the_end():
+    result = run_scenario("rules")
+    assert result["check_in_form"] is True
+    assert result["waiting_screen"] is True and result["room_before_admit"] is False
+    assert result["room_screen"] is True
+    assert result["ended_screen"] is True
+    assert "ended" in result["ended_text"].lower()

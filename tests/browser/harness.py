@@ -243,9 +243,66 @@ async def scenario_tabs(links: dict[str, Any]) -> dict[str, Any]:
     return {"pages": seen, "names": names}
 
 
+async def scenario_rules(links: dict[str, Any]) -> dict[str, Any]:
+    """A patient checks in, waits, is admitted by the therapist, and sees the session end."""
+    import sqlite3
+
+    import websockets
+
+    from vio.bot import sign_in
+
+    database = links["env"]["VIO_DATABASE_URL"].split(":///", 1)[1]
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE sessions SET waiting_room = 'therapist-admits' WHERE kind = 'group'")
+    session_id = next(s["id"] for s in links["sessions"] if s["kind"] == "group")
+    web = await asyncio.to_thread(sign_in, links["therapist"]["login"],
+                                  links["therapist"]["email"], links["therapist"]["password"])
+    ws_url = links["base_url"].replace("http", "ws") + f"/ws/sessions/{session_id}"
+    seen: dict[str, Any] = {}
+    patient = next(p for p in links["patients"] if p["on_roster"])
+    async with websockets.connect(ws_url, additional_headers={"Cookie": web.cookie}) as therapist:
+        await therapist.send(json.dumps({"type": "join", "v": 1}))
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await new_page(browser)
+                await page.goto(patient["link"])
+                await page.click("text=Join now")
+                seen["check_in_form"] = await page.is_visible("#check-in")
+                await page.check("#location-other")
+                await page.fill("input[name=address]", "12 Elm St")
+                await page.fill("input[name=city]", "Springfield")
+                await page.fill("input[name=state]", "IL")
+                await page.click("#check-in-button")
+                await page.click("#join-button", timeout=seconds(20) * 1000)
+                await page.wait_for_selector("#screen-waiting:not([hidden])",
+                                             timeout=seconds(20) * 1000)
+                seen["waiting_screen"] = True
+                seen["room_before_admit"] = await page.is_visible("#screen-room")
+                waiting_id = None
+                while waiting_id is None:
+                    msg = json.loads(await asyncio.wait_for(therapist.recv(), seconds(20)))
+                    if msg["type"] == "waiting-list" and msg["waiting"]:
+                        waiting_id = msg["waiting"][0]["participant_id"]
+                await therapist.send(json.dumps({"type": "admit",
+                                                 "participant_id": waiting_id}))
+                await page.wait_for_selector("#screen-room:not([hidden])",
+                                             timeout=seconds(20) * 1000)
+                seen["room_screen"] = True
+                await therapist.send(json.dumps({"type": "end"}))
+                await page.wait_for_selector("#screen-ended:not([hidden])",
+                                             timeout=seconds(20) * 1000)
+                seen["ended_screen"] = True
+                seen["ended_text"] = await page.inner_text("#screen-ended")
+            finally:
+                await browser.close()
+    return seen
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "room": scenario_room,
     "tabs": scenario_tabs,
+    "rules": scenario_rules,
 }
 
 
