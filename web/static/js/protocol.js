@@ -342,6 +342,9 @@ export class RoomConnection extends EventTarget {
       warning: (m) => this._emit('warning', m),
       time: this._onTime,
       moderated: this._onModerated,
+      'room-state': (m) => this._emit('room-state', m),
+      'safety-card': (m) => this._emit('safety-card', m),
+      'side-room': (m) => this._emit('side-room', m),
       pong: () => {},
       error: (m) => this._emit('error', { ...m, source: 'server' }),
       refused: (m) => this._onFinal('refused', m),
@@ -480,7 +483,8 @@ export class RoomConnection extends EventTarget {
       if (mine) {
         localMids.add(tr.mid);
         tr.direction = 'sendonly';
-        const track = this._unusedLocalTrack(tr.receiver.track.kind, usedTracks);
+        const local = this._unusedLocalTrack(tr.receiver.track.kind, usedTracks);
+        const track = local && (local.kind !== 'video' || local.enabled) ? local : null;
         if (tr.sender.track !== track) await tr.sender.replaceTrack(track);
       } else if (tr.direction !== 'recvonly') {
         tr.direction = 'recvonly';
@@ -591,6 +595,16 @@ export class RoomConnection extends EventTarget {
 
   _setEnabled(kind, enabled) {
     for (const t of this._localTracks(kind)) t.enabled = enabled;
+    // A stopped camera sends nothing (not black frames), so the server can tell
+    // audio-video participation from audio-only. A muted microphone keeps sending silence.
+    if (kind === 'video' && this.pc) {
+      for (const tr of this.pc.getTransceivers()) {
+        if (!this._localMids || !this._localMids.has(tr.mid)) continue;
+        if (tr.receiver.track.kind !== 'video') continue;
+        const track = enabled ? this._localTracks('video').find((t) => t.readyState === 'live') || null : null;
+        if (tr.sender.track !== track) tr.sender.replaceTrack(track).catch(() => {});
+      }
+    }
   }
 
   _trackState() {

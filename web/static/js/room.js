@@ -418,11 +418,41 @@ function wireConnection(conn) {
     time: (d) => { if (d.endsAt) state.endsAt = d.endsAt; renderTime(); },
     warning: onWarning,
     moderated: onModerated,
+    'room-state': onRoomState,
+    'safety-card': onSafetyCard,
+    'side-room': onSideRoom,
     error: onError,
   };
   for (const [type, handler] of Object.entries(handlers)) {
     conn.addEventListener(type, (event) => handler(event.detail || {}));
   }
+}
+
+function onRoomState({ locked }) {
+  const button = $('lock-button');
+  if (!button) return;
+  button.setAttribute('aria-pressed', locked ? 'true' : 'false');
+  button.textContent = locked ? 'Unlock room' : 'Lock room';
+}
+
+function onSafetyCard(card) {
+  const where = card.location || {};
+  const place = where.location === 'home'
+    ? `Home${where.address ? ` (${where.address})` : ''}`
+    : [where.address, where.city, where.state].filter(Boolean).join(', ') || 'Not given';
+  const contact = card.emergency_contact || {};
+  $('safety-name').textContent = card.name || '';
+  $('safety-location').textContent = place;
+  $('safety-contact').textContent = [contact.name, contact.phone].filter(Boolean).join(' · ') || 'None on file';
+  $('safety-emergency').textContent = card.emergency_number || '';
+  const dialog = $('safety-dialog');
+  if (typeof dialog.showModal === 'function') dialog.showModal();
+  else dialog.setAttribute('open', '');
+}
+
+function onSideRoom({ space }) {
+  announce(space ? 'You are now in a private side room.' : 'You are back with the group.');
+  document.body.classList.toggle('in-side-room', !!space);
 }
 
 function onStatus({ state: status }) {
@@ -672,6 +702,9 @@ function createTileMenu(id) {
   const list = el('div', { class: 'tile-menu-list', id: listId, hidden: true },
     el('button', { type: 'button', 'data-action': 'mute', text: 'Mute' }),
     el('button', { type: 'button', 'data-action': 'stop-video', text: 'Stop video' }),
+    el('button', { type: 'button', 'data-action': 'safety-card', text: 'Safety card' }),
+    el('button', { type: 'button', 'data-action': 'side-room', text: 'Talk privately' }),
+    el('button', { type: 'button', 'data-action': 'main-room', text: 'Back to the group' }),
     el('button', { type: 'button', 'data-action': 'remove', class: 'danger', text: 'Remove…' }));
   toggle.addEventListener('click', () => setMenuOpen(list, toggle, list.hidden));
   list.addEventListener('click', (e) => {
@@ -700,6 +733,10 @@ function closeAllMenus() {
 function onTileAction(action, id) {
   const name = state.participants.get(id)?.name || 'this person';
   if (action === 'remove') return openRemoveDialog(id, name);
+  if (['safety-card', 'side-room', 'main-room'].includes(action)) {
+    state.conn.send({ type: action, participant_id: id });
+    return;
+  }
   if (state.conn.send({ type: action, participant_id: id })) {
     announce(action === 'mute' ? `${name} was muted.` : `${name}'s video was stopped.`);
   }
