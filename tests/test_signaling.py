@@ -178,3 +178,41 @@ async def test_not_signed_in_is_refused_with_a_close_code(live_server, db):
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), seconds(5))
         assert closed.value.rcvd.code == 4401
+
+
+async def test_side_room_keeps_media_between_the_two(live_server, db, live_settings, clock):
+    session_id = await live_session_id(db)
+    room = Room(live_server, session_id)
+    therapist = room.start(await therapist_cookie(live_server))
+    dana = room.start(await patient_cookie(db, live_settings, clock, live_server, ROSTER[0]))
+    marcus = room.start(await patient_cookie(db, live_settings, clock, live_server, ROSTER[1]))
+    try:
+        def flowing():
+            return all(len([r for r in b.result.remote.values() if r.audio_frames > 10]) == 2
+                       for b in (therapist, dana, marcus))
+
+        await wait_for(flowing, seconds(20), "everyone's audio")
+        await therapist.send({"type": "side-room", "participant_id": dana.participant_id})
+        await asyncio.sleep(1.0)  # let forwarding settle
+
+        def counts():
+            return (marcus.result.remote[dana.participant_id].audio_frames,
+                    marcus.result.remote[therapist.participant_id].audio_frames,
+                    therapist.result.remote[dana.participant_id].audio_frames,
+                    dana.result.remote[marcus.participant_id].audio_frames)
+
+        before = counts()
+        await asyncio.sleep(1.5)
+        after = counts()
+        assert after[0] == before[0], "the group still hears the side room"
+        assert after[1] == before[1], "the group still hears the therapist in the side room"
+        assert after[2] > before[2], "the therapist no longer hears the patient in the side room"
+        assert after[3] == before[3], "the side room still hears the group"
+
+        await therapist.send({"type": "main-room", "participant_id": dana.participant_id})
+        await asyncio.sleep(1.0)
+        back = counts()
+        await asyncio.sleep(1.0)
+        assert counts()[0] > back[0], "the group does not hear the patient again"
+    finally:
+        await room.close()

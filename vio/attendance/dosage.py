@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from vio.attendance.intervals import (
@@ -33,6 +34,7 @@ from vio.attendance.intervals import (
 from vio.models import Patient, Program
 
 SECONDS_PER_HOUR = 3600
+HOURS_DECIMALS = 2
 DAYS_PER_WEEK = 7
 DAY_RULE_HOURS = 3  # H0015 / S9480: at least 3 attended hours in one day
 H0015_DAYS_PER_WEEK = 3  # H0015: on at least 3 days a week
@@ -239,6 +241,28 @@ class WeeklyDosage:
         """Attended time plus what is still scheduled this week reaches the target."""
         return (self.attended_seconds + self.remaining_seconds
                 >= self.target_hours * SECONDS_PER_HOUR)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain values for JSON: hours to two decimals, days as ISO dates."""
+        return {
+            "patient_id": self.patient_id, "week": str(self.week),
+            "target_hours": self.target_hours,
+            "attended_hours": round(self.attended_hours, HOURS_DECIMALS),
+            "remaining_scheduled_hours": round(self.remaining_hours, HOURS_DECIMALS),
+            "can_reach_target": self.can_reach_target, "met_target": self.met_target,
+            "days_attended": self.days_attended,
+            "days_with_three_hours": self.days_with_three_hours,
+            "meets_h0015_day_rule": self.meets_h0015_day_rule,
+            "hours_by_day": {day.isoformat(): round(seconds / SECONDS_PER_HOUR, HOURS_DECIMALS)
+                             for day, seconds in self.day_seconds},
+            "sessions_scheduled": self.sessions_scheduled,
+            "sessions_attended": self.sessions_attended,
+            "sessions_missed": self.sessions_missed,
+            "sessions_excused": self.sessions_excused,
+            "sessions_remaining": self.sessions_remaining,
+            "consecutive_absences": self.consecutive_absences,
+            "alerts": [alert.value for alert in self.alerts],
+        }
 
 
 def _attended_in(sessions: Iterable[ScheduledAttendance], week: IsoWeek,

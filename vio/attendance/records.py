@@ -171,7 +171,8 @@ async def expected_patients(db: AsyncSession,
         ids: set[int] = set()
         if session.status is not SessionStatus.CANCELLED:
             day = local_day(session.starts_at, session.timezone)
-            ids = {m.patient_id for m, enrolled_on, ends_on in rosters.get(session.group_id or 0, [])
+            members = rosters.get(session.group_id, []) if session.group_id is not None else []
+            ids = {m.patient_id for m, enrolled_on, ends_on in members
                    if m.covers(day) and enrolled_on <= day <= ends_on}
             if session.patient_id is not None:
                 ids.add(session.patient_id)

@@ -28,6 +28,7 @@ from vio.models import (
     SessionKind,
     StaffRole,
     StaffUser,
+    WaitingRoomPolicy,
     default_room_name,
 )
 from vio.pages.common import Viewer, ViewerRole, checked_form, render, staff_page, state
@@ -273,7 +274,12 @@ async def _plan_from_form(db: AsyncSession, program: Program, form: FormData) ->
         staff = await db.get(StaffUser, staff_id)
         if staff is None or staff.program_id != program.id:
             raise FormProblem("Choose therapists from this program.")
+    try:
+        waiting_room = WaitingRoomPolicy(str(form.get("waiting_room") or "therapist-admits"))
+    except ValueError as exc:
+        raise FormProblem("Choose how people enter the room.") from exc
     plan = clinic.SessionPlan(
+        waiting_room=waiting_room,
         program_id=program.id, title=_text(form, "title", "Title"), kind=kind,
         timezone=program.timezone, duration_minutes=duration, therapist_ids=therapist_ids,
         group_id=int(group_id) if group_id.isdigit() else None,

@@ -1,0 +1,303 @@
+"""Staff pages for attendance and dosage, and the patient's week summary.
+
+- ``/staff/sessions/{id}/attendance``: each person's time on a timeline, minutes by modality,
+  status, the therapist's overrides (with a reason) and the sign-off that locks the record.
+- ``/staff/patients/{id}/dosage``: weekly hours against the target across the enrollment.
+- ``/staff/dashboard``: this week's dosage for every active patient, alerts first.
+- ``/staff/exports/attendance.csv`` and ``.fhir.json`` (``?from=&to=``): audited downloads.
+
+Charts are SVG drawn on the server from the geometry computed here; each has a table beside it
+that says the same in text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from vio.attendance import records
+from vio.attendance.dosage import IsoWeek, WeeklyDosage
+from vio.attendance.export import ExportFormat, export_attendance, modifier_for
+from vio.attendance.intervals import AttendanceStatus, Modality
+from vio.attendance.models import AttendanceReview
+from vio.attendance.records import ReviewRefused, SessionAttendance
+from vio.models import Patient, Program, Session, SessionStatus
+from vio.pages.common import Viewer, checked_form, render, staff_page, state
+from vio.pages.staff import session_for_staff
+
+TIMELINE_WIDTH = 640
+TIMELINE_ROW = 30
+TIMELINE_BAR = 18
+TIMELINE_AXIS = 22
+MINUTES_PER_TICK = 30
+CHART_WIDTH = 640
+CHART_HEIGHT = 220
+CHART_MARGIN = 36
+CHART_HEADROOM = 1.2  # the tallest of bars and target sits below the top
+HOUR_TICK_STEPS = (1, 2, 3, 5, 10)
+MAX_HOUR_TICKS = 6
+EXPORT_MAX_DAYS = 366
+SIGN_OFF_LOOKBACK_DAYS = 14
+MODALITY_LABELS = {Modality.AUDIO_VIDEO: "audio and video", Modality.AUDIO_ONLY: "audio only",
+                   Modality.NO_MEDIA: "in the room, no media"}
+
+
+# --- chart geometry ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    kind: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    at: float
+    label: str
+
+
+def _x(moment: datetime, start: datetime, end: datetime) -> float:
+    span = (end - start).total_seconds() or 1.0
+    return round((moment - start).total_seconds() / span * TIMELINE_WIDTH, 1)
+
+
+def timeline_bars(record: SessionAttendance, zone: ZoneInfo) -> list[list[Bar]]:
+    """For each person in order, a bar for each stretch of attended time, by modality."""
+    start, end = record.window.starts_at, record.window.ends_at
+    rows = []
+    for index, person in enumerate(record.people):
+        y = TIMELINE_AXIS + index * TIMELINE_ROW
+        rows.append([Bar(x=_x(span.start, start, end), y=y,
+                         width=max(_x(span.end, start, end) - _x(span.start, start, end), 1),
+                         height=TIMELINE_BAR, kind=span.modality.value,
+                         label=(f"{span.start.astimezone(zone):%-I:%M %p}–"
+                                f"{span.end.astimezone(zone):%-I:%M %p}, "
+                                f"{MODALITY_LABELS[span.modality]}"))
+                     for span in person.attendance.spans])
+    return rows
+
+
+def timeline_ticks(record: SessionAttendance, zone: ZoneInfo) -> list[Tick]:
+    start, end = record.window.starts_at, record.window.ends_at
+    ticks, at = [], start
+    while at <= end:
+        ticks.append(Tick(_x(at, start, end), f"{at.astimezone(zone):%-I:%M}"))
+        at += timedelta(minutes=MINUTES_PER_TICK)
+    return ticks
+
+
+def _hour_step(top: float) -> int:
+    return next((s for s in HOUR_TICK_STEPS if top / s <= MAX_HOUR_TICKS), HOUR_TICK_STEPS[-1])
+
+
+@dataclass(frozen=True)
+class DosageChart:
+    bars: list[Bar]
+    target_y: float
+    ticks: list[Tick]
+    width: int = CHART_WIDTH
+    height: int = CHART_HEIGHT
+    margin: int = CHART_MARGIN
+
+
+def dosage_chart(weeks: list[WeeklyDosage]) -> DosageChart:
+    """Weekly attended hours as bars, and the target as a line, on one hour scale."""
+    plot_height = CHART_HEIGHT - 2 * CHART_MARGIN
+    plot_width = CHART_WIDTH - 2 * CHART_MARGIN
+    target = max((w.target_hours for w in weeks), default=0.0)
+    top = max([target, *(w.attended_hours for w in weeks), 1.0]) * CHART_HEADROOM
+
+    def y(hours: float) -> float:
+        return round(CHART_MARGIN + plot_height * (1 - hours / top), 1)
+
+    slot = plot_width / max(len(weeks), 1)
+    bars = [Bar(x=round(CHART_MARGIN + i * slot + slot * 0.15, 1), y=y(w.attended_hours),
+                width=round(slot * 0.7, 1), height=round(y(0) - y(w.attended_hours), 1),
+                kind="met" if w.met_target else "short",
+                label=f"{w.week}: {w.attended_hours:.1f} of {w.target_hours:g} hours")
+            for i, w in enumerate(weeks)]
+    step = _hour_step(top)
+    ticks = [Tick(y(h), str(h)) for h in range(0, int(top) + 1, step)]
+    return DosageChart(bars=bars, target_y=y(target), ticks=ticks)
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+async def _program(db: AsyncSession, viewer: Viewer) -> Program:
+    assert viewer.staff is not None
+    program = await db.get(Program, viewer.staff.program_id)
+    assert program is not None
+    return program
+
+
+def _not_found(request: Request, what: str) -> Response:
+    return render(request, "message.html", status_code=404, title="Not found",
+                  message=f"There is no such {what}.")
+
+
+@staff_page()
+async def session_attendance(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+    """One session's attendance: review it, override a status with a reason, sign it off."""
+    session = await session_for_staff(db, viewer, request.path_params["session_id"])
+    if session is None:
+        return _not_found(request, "session")
+    program = await _program(db, viewer)
+    now = state(request).clock.now()
+    record = await records.session_record(db, session, program)
+    error, status_code = None, 200
+    if request.method == "POST":
+        form = await checked_form(request)
+        assert viewer.staff is not None
+        try:
+            action = form.get("action")
+            if action == "override":
+                try:
+                    status = AttendanceStatus(str(form.get("status", "")))
+                except ValueError:
+                    raise ReviewRefused("bad-status", "Choose a status.") from None
+                await records.override_status(db, record, str(form.get("person", "")), status,
+                                              str(form.get("reason", "")), viewer.staff, now)
+            elif action == "sign-off":
+                await records.sign_off(db, record, viewer.staff, now)
+            else:
+                raise ReviewRefused("unknown-action", "Unknown action.")
+        except ReviewRefused as refusal:
+            await db.rollback()
+            error = str(refusal)
+            status_code = 409 if refusal.code == "signed-off" else 400
+            record = await records.session_record(db, session, program)
+        else:
+            await db.commit()
+            return RedirectResponse(request.url.path, status_code=303)
+    zone = ZoneInfo(program.timezone)
+    names = await records.person_names(db, [p.person for p in record.people] + [
+        f"staff:{r.by_staff_id}" for r in [record.sign_off] if r is not None])
+    overrides = await _override_history(db, session.id)
+    return render(
+        request, "attendance/session.html", status_code=status_code, session=session,
+        record=record, zone=zone, names=names, error=error, statuses=list(AttendanceStatus),
+        rows=list(zip(record.people, timeline_bars(record, zone), strict=True)),
+        ticks=timeline_ticks(record, zone), width=TIMELINE_WIDTH,
+        height=TIMELINE_AXIS + TIMELINE_ROW * max(len(record.people), 1),
+        row_height=TIMELINE_ROW, modifier_for=modifier_for, overrides=overrides,
+        modality_labels=MODALITY_LABELS, now=now)
+
+
+async def _override_history(db: AsyncSession, session_id: int) -> list[AttendanceReview]:
+    return list((await db.execute(select(AttendanceReview).where(
+        AttendanceReview.session_id == session_id).order_by(AttendanceReview.at,
+                                                            AttendanceReview.id))).scalars())
+
+
+@staff_page()
+async def patient_dosage(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+    """A patient's weekly hours against their target across the enrollment."""
+    program = await _program(db, viewer)
+    patient = await db.get(Patient, request.path_params["patient_id"])
+    if patient is None or patient.program_id != program.id:
+        return _not_found(request, "patient")
+    now = state(request).clock.now()
+    weeks = await records.patient_dosage(db, patient, program, now)
+    return render(request, "attendance/dosage.html", patient=patient, weeks=weeks,
+                  chart=dosage_chart(weeks), program=program,
+                  this_week=IsoWeek.containing(now, program.timezone))
+
+
+async def _awaiting_sign_off(db: AsyncSession, program: Program, viewer: Viewer,
+                             now: datetime) -> list[Session]:
+    sessions = await records.program_sessions(
+        db, program.id, now - timedelta(days=SIGN_OFF_LOOKBACK_DAYS), now, viewer.staff)
+    signed = set((await db.execute(select(AttendanceReview.session_id).where(
+        AttendanceReview.session_id.in_([s.id for s in sessions]),
+        AttendanceReview.signed_off_at.is_not(None)))).scalars())
+    return [s for s in sessions if s.ends_at <= now and s.id not in signed
+            and s.status is not SessionStatus.CANCELLED]
+
+
+@staff_page()
+async def dashboard(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+    """This week's dosage for every active patient, those with alerts first."""
+    program = await _program(db, viewer)
+    now = state(request).clock.now()
+    week = IsoWeek.containing(now, program.timezone)
+    report = await records.program_week_dosage(db, program, week, now)
+    flagged = [(p, d) for p, d in report if d.alerts]
+    today = now.astimezone(ZoneInfo(program.timezone)).date()
+    return render(request, "attendance/dashboard.html", program=program, week=week,
+                  report=report, flagged=flagged,
+                  awaiting=await _awaiting_sign_off(db, program, viewer, now),
+                  zone=ZoneInfo(program.timezone), export_from=week.monday, export_to=today)
+
+
+class ExportRequestProblem(ValueError):
+    pass
+
+
+def _export_days(request: Request) -> tuple[date, date]:
+    try:
+        first = date.fromisoformat(request.query_params.get("from", ""))
+        last = date.fromisoformat(request.query_params.get("to", ""))
+    except ValueError:
+        raise ExportRequestProblem("Give the days to export as from=YYYY-MM-DD&to=YYYY-MM-DD.")\
+            from None
+    if last < first:
+        raise ExportRequestProblem("The export must end on or after the day it starts.")
+    if (last - first).days >= EXPORT_MAX_DAYS:
+        raise ExportRequestProblem(f"Export at most {EXPORT_MAX_DAYS} days at a time.")
+    return first, last
+
+
+async def _download(request: Request, db: AsyncSession, viewer: Viewer,
+                    export_format: ExportFormat) -> Response:
+    program = await _program(db, viewer)
+    try:
+        first, last = _export_days(request)
+    except ExportRequestProblem as problem:
+        return render(request, "message.html", status_code=400, title="Not possible",
+                      message=str(problem))
+    export = await export_attendance(db, program, first, last, export_format, viewer.actor,
+                                     state(request).clock.now(), staff=viewer.staff)
+    await db.commit()
+    return Response(export.content, media_type=export.media_type, headers={
+        "Content-Disposition": f'attachment; filename="{export.filename}"',
+        "Cache-Control": "no-store"})
+
+
+@staff_page()
+async def export_csv(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+    return await _download(request, db, viewer, ExportFormat.CSV)
+
+
+@staff_page()
+async def export_fhir(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+    return await _download(request, db, viewer, ExportFormat.FHIR)
+
+
+async def patient_week_summary(db: AsyncSession, patient: Patient, program: Program,
+                               now: datetime) -> dict[str, Any]:
+    """The patient's hours this week against their target, for their home page."""
+    week = IsoWeek.containing(now, program.timezone)
+    dosage = await records.patient_week_dosage(db, patient, program, week, now)
+    return dosage.summary()
+
+
+routes = [
+    Route("/staff/sessions/{session_id:int}/attendance", session_attendance,
+          methods=["GET", "POST"]),
+    Route("/staff/patients/{patient_id:int}/dosage", patient_dosage),
+    Route("/staff/dashboard", dashboard),
+    Route("/staff/exports/attendance.csv", export_csv),
+    Route("/staff/exports/attendance.fhir.json", export_fhir),
+]
