@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import LiveServer, seconds
+from tests.conftest import LiveServer
 from tests.wsclient import Client
 from vio import clinic
 from vio.bot import check_in_at_home, sign_in
