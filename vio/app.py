@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 from vio.clock import Clock, SystemClock
 from vio.db import create_engine, session_factory
 from vio.media import MediaConfig, MediaRouter, announce_host_addresses
-from vio.pages import auth, public, room, staff
+from vio.pages import auth, family, public, room, staff
 from vio.pages.common import WEB, AppState, render
 from vio.rooms.signaling import DatabaseRoomStore, RoomDirectory
 from vio.security import LoginThrottle, Signer
@@ -65,6 +65,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
             *auth.routes,
             *staff.routes,
             *room.routes,
+            *family.routes,
             Mount("/static", StaticFiles(directory=WEB / "static"), name="static"),
         ],
         middleware=[
@@ -77,4 +78,6 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     )
     app.state.vio = app_state
     app.state.rooms = rooms
+    app.state.invite_throttle = LoginThrottle(settings.login_max_failures,
+                                              settings.login_window_seconds)
     return app

@@ -123,6 +123,40 @@ def cmd_bot(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _invite(settings: Settings, session_id: int, member_id: int) -> str:
+    from vio import family
+    from vio.clock import SystemClock
+    from vio.db import create_engine, session_factory
+    from vio.models import FamilyMember, Session
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as db:
+            session = await db.get(Session, session_id)
+            member = await db.get(FamilyMember, member_id)
+            if session is None or member is None:
+                raise family.InviteRefused("No such session or family member.")
+            token = await family.issue_invite(db, session, member, "command-line",
+                                              SystemClock().now())
+            await db.commit()
+            return f"{settings.public_base_url}/i/{token}"
+    finally:
+        await engine.dispose()
+
+
+def cmd_invite_create(args: argparse.Namespace) -> int:
+    from vio.family import InviteRefused
+
+    settings = _settings()
+    asyncio.run(_migrate(settings))
+    try:
+        print(asyncio.run(_invite(settings, args.session, args.family_member)))
+    except InviteRefused as refused:
+        print(f"vio invite: {refused}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="vio", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -139,6 +173,13 @@ def parser() -> argparse.ArgumentParser:
     links = commands.add_parser("demo-links", help="print the demo's ways in")
     links.add_argument("--json", action="store_true")
     links.set_defaults(run=cmd_demo_links)
+
+    invite = commands.add_parser("invite", help="family invitations")
+    invite_commands = invite.add_subparsers(dest="invite_command", required=True)
+    create = invite_commands.add_parser("create", help="issue an invite link")
+    create.add_argument("--session", type=int, required=True)
+    create.add_argument("--family-member", type=int, required=True)
+    create.set_defaults(run=cmd_invite_create)
 
     bot = commands.add_parser("bot", help="join a session as a headless participant")
     bot.add_argument("--link", required=True,

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vio import clinic
+from vio import clinic, family
 from vio.models import (
     AgeGroup,
     Consent,
@@ -161,5 +161,20 @@ async def demo_links(db: AsyncSession, signer: Signer, base_url: str, timezone: 
                       "room": f"{base_url}/sessions/{s.id}/room"}
                      for s in sessions if s.ends_at > now and s.status is not
                      SessionStatus.CANCELLED],
-        "family_invites": [],
+        "family_invites": await _family_invites(db, people, base_url, now),
     }
+
+
+async def _family_invites(db: AsyncSession, people: DemoPeople, base_url: str,
+                          now: datetime) -> list[dict[str, Any]]:
+    """A fresh invite for the demo family member to the next family session."""
+    session = (await db.execute(select(Session).where(
+        Session.kind == SessionKind.FAMILY, Session.patient_id == people.family_member.patient_id,
+        Session.status.in_([SessionStatus.SCHEDULED, SessionStatus.OPEN]))
+        .order_by(Session.starts_at))).scalars().all()
+    upcoming = [s for s in session if s.ends_at > now]
+    if not upcoming:
+        return []
+    token = await family.issue_invite(db, upcoming[0], people.family_member, "demo", now)
+    return [{"link": f"{base_url}/i/{token}", "session_id": upcoming[0].id,
+             "family_member": people.family_member.name}]

@@ -324,6 +324,21 @@ class Consent(Base):
                 and (self.revoked_at is None or moment < self.revoked_at))
 
 
+class FamilyInvite(Base):
+    """One family member's way into one family session; only a hash of its secret is kept."""
+
+    __tablename__ = "family_invites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    family_member_id: Mapped[int] = mapped_column(ForeignKey("family_members.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(80))
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 class AttendanceKind(enum.StrEnum):
     """What the room saw happen to one participant (or to the session)."""
 
@@ -375,7 +390,7 @@ class AuditEvent(Base):
 
 __all__ = [
     "AgeGroup", "AttendanceEvent", "AttendanceKind", "AuditEvent", "Base", "Consent",
-    "ConsentKind", "EnrollmentStatus", "FamilyMember",
+    "ConsentKind", "EnrollmentStatus", "FamilyInvite", "FamilyMember",
     "Group", "GroupTherapist", "LevelOfCare", "Patient", "PatientLink", "Program",
     "RosterMembership", "Session", "SessionKind", "SessionSeries", "SessionStatus",
     "SessionTherapist", "StaffRole", "StaffUser", "WaitingRoomPolicy",

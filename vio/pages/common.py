@@ -59,6 +59,8 @@ class Viewer:
     staff: StaffUser | None = None
     patient: Patient | None = None
     family_invite_id: int | None = None
+    family_name: str | None = None  # the name a family member chose for the room
+    device: str | None = None  # a family member's browser, so one invite serves one device
 
     @property
     def is_staff(self) -> bool:
@@ -104,7 +106,8 @@ async def current_viewer(conn: HTTPConnection, db: AsyncSession) -> Viewer:
         return ANONYMOUS
     invite_id = cookie.get("family_invite_id")
     if isinstance(invite_id, int):
-        return Viewer(ViewerRole.FAMILY, family_invite_id=invite_id)
+        return Viewer(ViewerRole.FAMILY, family_invite_id=invite_id,
+                      family_name=cookie.get("family_name"), device=cookie.get("device"))
     return ANONYMOUS
 
 
@@ -114,7 +117,9 @@ ROOM_TICKET_MAX_AGE_SECONDS = 12 * 3600
 
 def room_ticket(conn: HTTPConnection, viewer: Viewer, session_id: int) -> str:
     """A signed ticket naming who opened this room page, so each browser tab keeps its person."""
-    return state(conn).signer.sign({"who": viewer.actor, "s": session_id}, ROOM_TICKET_NAMESPACE)
+    return state(conn).signer.sign(
+        {"who": viewer.actor, "s": session_id, "n": viewer.family_name, "d": viewer.device},
+        ROOM_TICKET_NAMESPACE)
 
 
 async def viewer_from_ticket(conn: HTTPConnection, db: AsyncSession, ticket: str,
@@ -137,7 +142,10 @@ async def viewer_from_ticket(conn: HTTPConnection, db: AsyncSession, ticket: str
         if patient is not None and patient.is_enrolled_on(state(conn).clock.now().date()):
             return Viewer(ViewerRole.PATIENT, patient=patient)
     if kind == "family-invite":
-        return Viewer(ViewerRole.FAMILY, family_invite_id=int(raw_id))
+        name, device = payload.get("n"), payload.get("d")
+        return Viewer(ViewerRole.FAMILY, family_invite_id=int(raw_id),
+                      family_name=name if isinstance(name, str) else None,
+                      device=device if isinstance(device, str) else None)
     return ANONYMOUS
 
 

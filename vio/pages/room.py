@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from vio import clinic
-from vio.models import AttendanceKind, Session
+from vio import clinic, family
+from vio.models import AttendanceKind, FamilyInvite, Session
 from vio.pages.common import (
     ViewerRole,
     checked_form,
@@ -39,6 +39,17 @@ async def room_page(request: Request) -> Response:
     if session is None:
         return render(request, "message.html", status_code=404, title="Not found",
                       message="We can't find this session.", code="no-such-session")
+    if viewer.family_invite_id is not None:
+        async with app.db() as db:
+            invite = await db.get(FamilyInvite, viewer.family_invite_id)
+            checked = (family.InviteProblem.UNKNOWN if invite is None else
+                       await family.check_invite_record(db, invite, app.clock.now(),
+                                                        app.settings.join_early_minutes,
+                                                        session.id))
+        if isinstance(checked, family.InviteProblem):
+            return render(request, "message.html", status_code=403,
+                          title="This invitation can't be used",
+                          message=family.INVITE_PROBLEM_TEXT[checked], code=checked.value)
     if viewer.patient is not None:
         async with app.db() as db:
             check_in = await records.latest_check_in(db, session.id, viewer.patient.id)
@@ -47,7 +58,7 @@ async def room_page(request: Request) -> Response:
     ws_scheme = "wss" if request.url.scheme == "https" else "ws"
     role = "therapist" if viewer.is_staff else viewer.role.value
     display = (viewer.staff.name if viewer.staff else
-               viewer.patient.display_name if viewer.patient else "")
+               viewer.patient.display_name if viewer.patient else viewer.family_name or "")
     config = {
         "wsUrl": f"{ws_scheme}://{request.url.netloc}/ws/sessions/{session.id}"
                  f"?ticket={room_ticket(request, viewer, session.id)}",
@@ -55,7 +66,7 @@ async def room_page(request: Request) -> Response:
         "role": role,
         "displayName": display,
         "iceServers": [{"urls": url} for url in app.settings.ice_servers],
-        "endedUrl": "/staff" if viewer.is_staff else "/me",
+        "endedUrl": "/staff" if viewer.is_staff else "/me" if viewer.patient else "/",
     }
     return render(request, "room.html", room_config=config, session_title=session.title)
 

@@ -34,6 +34,7 @@ class Person:
     patient_id: int | None = None
     staff_id: int | None = None
     family_member_id: int | None = None
+    device: str | None = None  # for family members: the browser their invite is used on
 
     @property
     def is_therapist(self) -> bool:
@@ -109,7 +110,7 @@ def admission(person: Person | None, facts: SessionFacts | None, room: RoomView,
                           "Before you can join, we need your signed consent for video sessions. "
                           "Please contact your care team.")
     elif person.family_member_id not in facts.invited_family_ids:
-        raise Refusal("not-on-roster", "This invitation is not for this session.")
+        raise Refusal("wrong-session", "This invitation is for a different session.")
 
     if facts.status is SessionStatus.CANCELLED:
         raise Refusal("session-cancelled", "This session was cancelled.")

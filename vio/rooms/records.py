@@ -8,12 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vio import clinic
+from vio import clinic, family
+from vio.errors import Refusal
 from vio.models import (
     AttendanceEvent,
     AttendanceKind,
     Consent,
     ConsentKind,
+    FamilyInvite,
     Patient,
     Program,
     Session,
@@ -33,7 +35,24 @@ NEEDED_CONSENTS = {
 }
 
 
-def person_for(viewer: Viewer, family_name: str | None = None) -> Person | None:
+async def person_for(db: AsyncSession, viewer: Viewer, session_id: int, now: datetime,
+                     join_early_minutes: int) -> Person | None:
+    """The person behind a viewer; a family member's invite is checked here, exactly."""
+    if viewer.family_invite_id is not None:
+        invite = await db.get(FamilyInvite, viewer.family_invite_id)
+        if invite is None:
+            return None
+        checked = await family.check_invite_record(db, invite, now, join_early_minutes,
+                                                   session_id)
+        if isinstance(checked, family.InviteProblem):
+            raise Refusal(checked.value, family.INVITE_PROBLEM_TEXT[checked])
+        return Person(identity=f"family-invite:{invite.id}", role=Role.FAMILY,
+                      name=viewer.family_name or checked.member.name,
+                      family_member_id=checked.member.id, device=viewer.device)
+    return staff_or_patient(viewer)
+
+
+def staff_or_patient(viewer: Viewer) -> Person | None:
     if viewer.staff is not None:
         return Person(identity=f"staff:{viewer.staff.id}", role=Role.THERAPIST,
                       name=viewer.staff.name, is_admin=viewer.role is ViewerRole.ADMIN,
@@ -63,6 +82,10 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
     consented = frozenset(
         p.id for p in members
         if needed <= {c.kind for c in consents if c.patient_id == p.id and c.active_at(now)})
+    invites = (await db.execute(select(FamilyInvite).where(
+        FamilyInvite.session_id == session.id, FamilyInvite.revoked_at.is_(None),
+        FamilyInvite.expires_at > now))).scalars().all()
+    invited = frozenset(i.family_member_id for i in invites)
     checked_in = frozenset((await db.execute(select(AttendanceEvent.patient_id).where(
         AttendanceEvent.session_id == session.id,
         AttendanceEvent.kind == AttendanceKind.CHECKED_IN))).scalars())
@@ -72,7 +95,8 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
         ends_at=session.ends_at, timezone=session.timezone, waiting_room=session.waiting_room,
         therapist_ids=frozenset(await clinic.session_therapist_ids(db, session.id)),
         patient_ids=frozenset(p.id for p in members), consented_patient_ids=consented,
-        checked_in_patient_ids=frozenset(i for i in checked_in if i is not None))
+        checked_in_patient_ids=frozenset(i for i in checked_in if i is not None),
+        invited_family_ids=invited)
 
 
 async def append_event(db: AsyncSession, session_id: int, at: datetime, event: RoomEvent) -> None:

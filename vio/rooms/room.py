@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vio.clock import Clock
-from vio.errors import BadMessage, Dropped, NotAllowed
+from vio.errors import BadMessage, Dropped, NotAllowed, Refusal
 from vio.media import MediaError, MediaRouter, MediaState, TrackInfo
 from vio.models import AttendanceKind, SessionStatus
 from vio.protocol import ClientMessage, message
@@ -160,6 +160,11 @@ class Room:
         view = self.view(now)
         admission(person, self.facts, view, now, join_early)
         for old in [*self.participants.values(), *self.waiting.values()]:
+            if old.person.identity == person.identity and person.role is Role.FAMILY \
+                    and old.person.device != person.device:
+                raise Refusal("invite-in-use",
+                              "This invitation is already in use on another device.")
+        for old in [*self.participants.values(), *self.waiting.values()]:
             if old.person.identity == person.identity:
                 old.outbox.close(Dropped("replaced", "You joined from another window."))
                 self._forget(old)
@@ -234,6 +239,17 @@ class Room:
         if was_in:
             self.broadcast(message("participant-left", participant_id=participant.id))
             await self.media.remove_participant(participant.id)
+
+    async def remove_person(self, which: Callable[[Person], bool], code: str, why: str) -> int:
+        """Refuse and disconnect everyone (in the room or waiting) matching ``which``."""
+        matching = [p for p in [*self.participants.values(), *self.waiting.values()]
+                    if which(p.person)]
+        for p in matching:
+            self.removed.add(p.person.identity)
+            p.send(message("refused", code=code, message=why))
+            p.outbox.close(Refusal(code, why))
+            await self.leave(p, dropped=False, kind=AttendanceKind.REMOVED, reason=code)
+        return len(matching)
 
     # --- messages -----------------------------------------------------------------------------
 

@@ -90,6 +90,15 @@ class RoomDirectory:
         if self.rooms.get(room.id) is room:
             del self.rooms[room.id]
 
+    async def remove_family_member(self, family_member_id: int, why: str) -> int:
+        """Take a family member out of every live room at once (their consent was revoked)."""
+        removed = 0
+        for room in list(self.rooms.values()):
+            removed += await room.remove_person(
+                lambda person: person.family_member_id == family_member_id, "consent-revoked",
+                why)
+        return removed
+
     async def close(self) -> None:
         for room in list(self.rooms.values()):
             await room.shutdown()
@@ -158,7 +167,8 @@ async def serve(ws: WebSocket) -> None:
             ticket = ws.query_params.get("ticket")
             viewer = (await viewer_from_ticket(ws, db, ticket, session_id) if ticket
                       else await current_viewer(ws, db))
-            person: Person | None = records.person_for(viewer)
+            person: Person | None = await records.person_for(
+                db, viewer, session_id, app.clock.now(), settings.join_early_minutes)
             facts = await records.load_facts(db, session_id, app.clock.now())
         if facts is not None and person is not None:
             room = directory.room_for(facts)
