@@ -58,3 +58,13 @@ def test_patient_checks_in_waits_is_admitted_and_sees_the_end():
     assert result["room_screen"] is True
     assert result["ended_screen"] is True
     assert "ended" in result["ended_text"].lower()
+
+
+def test_family_member_joins_by_invite_and_media_flows_both_ways():
+    result = run_scenario("family")
+    assert result["neutral"] and result["admitted"]
+    assert result["page"]["playing"] >= 1 and result["page"]["rising"] >= 1
+    assert result["page"]["hearing"] >= 1
+    family = [r for r in result["bot"]["remote"] if r["role"] == "family"]
+    assert family and family[0]["name"] == "Angela L.", result["bot"]
+    assert family[0]["video_frames"] > 0 and family[0]["audio_frames"] > 0

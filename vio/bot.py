@@ -3,6 +3,9 @@
 It signs in like a person (a patient's personal link, or a therapist's email and password),
 joins a session over the signaling WebSocket, publishes a synthetic camera (a frame counter drawn
 in) and a tone, decodes what the others send, and prints one JSON summary.
+
+``video_frames`` counts every decoded frame; ``decode_errors`` counts frames from another bot
+whose counter no longer reads back (a browser's camera has no counter to check).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import json
 import logging
 import re
+import signal
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -151,7 +155,12 @@ class Bot:
         self._consumers: set[asyncio.Task[None]] = set()
         self._ws: Any = None
         self.first_video = asyncio.Event()
+        self._stop = asyncio.Event()
         self.pc.on("track", self._on_track)
+
+    def stop(self) -> None:
+        """Leave now (for example on Ctrl-C or SIGTERM) and report what was received."""
+        self._stop.set()
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self._ws is not None
@@ -167,8 +176,14 @@ class Bot:
                 if self.name:
                     join["name"] = self.name
                 await self.send(join)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._read(ws), seconds)
+                reader = asyncio.create_task(self._read(ws))
+                stopper = asyncio.create_task(self._stop.wait())
+                await asyncio.wait({reader, stopper}, timeout=seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in (reader, stopper):
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
                 if not self.result.ended and self.result.refusal is None:
                     with contextlib.suppress(websockets.ConnectionClosed):
                         await self.send({"type": "leave"})
@@ -241,12 +256,13 @@ class Bot:
                     stats.audio_frames += 1
                     continue
                 assert isinstance(frame, av.VideoFrame)
-                counter = read_counter(frame)
-                if counter is None:
-                    stats.decode_errors += 1
-                    continue
                 stats.video_frames += 1
-                stats.last_counter = counter
+                counter = read_counter(frame)
+                if counter is not None:
+                    stats.last_counter = counter
+                elif stats.last_counter is not None:
+                    # A synthetic camera's frame whose counter no longer reads: corrupted.
+                    stats.decode_errors += 1
                 self.first_video.set()
 
     async def close(self) -> None:
@@ -271,4 +287,11 @@ async def run_bot(link: str, *, seconds: float, email: str | None = None,
     ws_base = "wss" + web.base[5:] if web.base.startswith("https") else "ws" + web.base[4:]
     bot = Bot(f"{ws_base}/ws/sessions/{session_id}", web.cookie, camera=camera, mic=mic,
               admit_all=admit_all, name=name)
-    return await bot.run(seconds)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, bot.stop)
+    try:
+        return await bot.run(seconds)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -299,10 +299,47 @@ async def scenario_rules(links: dict[str, Any]) -> dict[str, Any]:
     return seen
 
 
+async def scenario_family(links: dict[str, Any]) -> dict[str, Any]:
+    """A family member opens the invite, joins, waits, is admitted; media flows both ways."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    invite = links["family_invites"][0]
+    database = links["env"]["VIO_DATABASE_URL"].split(":///", 1)[1]
+    start = (datetime.now(UTC) - timedelta(minutes=1)).replace(tzinfo=None)
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE sessions SET starts_at = ? WHERE id = ?",
+                     (start.isoformat(sep=" "), invite["session_id"]))
+    bot = therapist_bot(links, seconds(40), "--session", str(invite["session_id"]))
+    seen: dict[str, Any] = {}
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await new_page(browser)
+            await page.goto(invite["link"])
+            seen["neutral"] = "substance" not in (await page.content()).lower()
+            await page.fill("#family-name", "Angela L.")
+            await page.check("#family-terms")
+            await page.click("#family-continue")
+            await page.click("#join-button", timeout=seconds(20) * 1000)
+            await page.wait_for_selector("#screen-room:not([hidden])",
+                                         timeout=seconds(30) * 1000)
+            seen["admitted"] = True
+            seen["page"] = await remote_videos_playing(page, 1, seconds(30))
+            await asyncio.sleep(2)
+        finally:
+            await browser.close()
+    bot.terminate()
+    out, _ = bot.communicate(timeout=seconds(20))
+    seen["bot"] = json.loads(out) if out.strip() else None
+    return seen
+
+
 SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "room": scenario_room,
     "tabs": scenario_tabs,
     "rules": scenario_rules,
+    "family": scenario_family,
 }
 
 
