@@ -158,6 +158,14 @@ class Bot:
         self._stop = asyncio.Event()
         self.pc.on("track", self._on_track)
 
+    def set_camera(self, on: bool) -> None:
+        """Stop or restart sending the synthetic camera (as a person turning it off)."""
+        camera = self.local.get("video")
+        for transceiver in self.pc.getTransceivers():
+            owner, kind = self._mids.get(transceiver.mid or "", ("", ""))
+            if owner == self.participant_id and kind == "video" and camera is not None:
+                transceiver.sender.replaceTrack(camera if on else None)
+
     def stop(self) -> None:
         """Leave now (for example on Ctrl-C or SIGTERM) and report what was received."""
         self._stop.set()

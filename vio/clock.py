@@ -28,3 +28,16 @@ class OffsetClock:
 
     def advance(self, delta: timedelta) -> None:
         self._offset += delta
+
+
+class ManualClock:
+    """A clock that moves only when told: tests script a session to the second."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        self._now += delta
