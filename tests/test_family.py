@@ -278,3 +278,49 @@ async def test_staff_issue_invites_from_the_session_page(client, db, demo, clock
     assert "/i/" in issued.text
     status = SessionStatus
     assert session.status is status.SCHEDULED
+
+
+async def test_family_minutes_count_for_the_session_not_the_patients_dosage(
+        live_settings, engine, demo, db):
+    from tests.conftest import LiveServer
+    from vio.attendance.dosage import IsoWeek
+    from vio.attendance.records import patient_week_dosage, session_record
+    from vio.clock import ManualClock
+    from vio.models import Patient, Program
+
+    session = await family_session(db)
+    start = session.starts_at
+    clock = ManualClock(start)
+    with LiveServer(live_settings, clock) as server:
+        place = Clinic(server, db, live_settings, clock)
+        url = f"{server.ws_base}/ws/sessions/{session.id}"
+        token = await issue(db, clock)
+        angela = await asyncio.to_thread(_accept, server.base_url, token, "Angela L.")
+        patient = await db.get(Patient, session.patient_id)
+        async with Client(url, await place.staff()) as therapist, \
+                Client(url, angela.cookie) as fam:
+            await therapist.join()
+            assert (await fam.join())["type"] == "waiting"
+            await therapist.send(type="admit-all")
+            await fam.expect("welcome")
+            clock.advance(timedelta(minutes=10))
+            async with Client(url, await place.patient(patient.legal_name, session.id)) as pt:
+                assert (await pt.join())["type"] == "waiting"  # family sessions: therapist admits
+                await therapist.send(type="admit-all")
+                await pt.expect("welcome")
+                clock.advance(timedelta(minutes=30))
+                await pt.send(type="leave")
+                await pt.closed()
+            clock.advance(timedelta(minutes=5))
+            await fam.send(type="leave")
+            await fam.closed()
+    program = await db.get(Program, session.program_id)
+    await db.commit()
+    record = await session_record(db, session, program)
+    family_record = next(p for p in record.people if p.role == "family")
+    assert family_record.attendance.attended_seconds == 45 * 60
+    assert record.patients[0].attendance.attended_seconds == 30 * 60
+    assert record.billing_code == "90847"  # with the patient present
+    week = IsoWeek.containing(start, program.timezone)
+    dosage = await patient_week_dosage(db, patient, program, week, clock.now())
+    assert dosage.attended_seconds == 30 * 60
