@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +17,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from vio.clock import Clock
+from vio.identity import ANONYMOUS as ANONYMOUS
+from vio.identity import Viewer as Viewer
+from vio.identity import ViewerRole as ViewerRole
 from vio.models import Patient, StaffRole, StaffUser
 from vio.security import LoginThrottle, Signer, csrf_ok, new_csrf_token
 from vio.settings import Settings
@@ -43,41 +45,6 @@ def state(conn: HTTPConnection) -> AppState:
     return app_state
 
 
-class ViewerRole(enum.StrEnum):
-    ANONYMOUS = "anonymous"
-    PATIENT = "patient"
-    FAMILY = "family"
-    THERAPIST = "therapist"
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """Who is asking: nobody, a staff member, a patient, or a family member with an invite."""
-
-    role: ViewerRole
-    staff: StaffUser | None = None
-    patient: Patient | None = None
-    family_invite_id: int | None = None
-    family_name: str | None = None  # the name a family member chose for the room
-    device: str | None = None  # a family member's browser, so one invite serves one device
-
-    @property
-    def is_staff(self) -> bool:
-        return self.staff is not None
-
-    @property
-    def actor(self) -> str:
-        if self.staff is not None:
-            return f"staff:{self.staff.id}"
-        if self.patient is not None:
-            return f"patient:{self.patient.id}"
-        if self.family_invite_id is not None:
-            return f"family-invite:{self.family_invite_id}"
-        return "anonymous"
-
-
-ANONYMOUS = Viewer(ViewerRole.ANONYMOUS)
 
 
 async def current_viewer(conn: HTTPConnection, db: AsyncSession) -> Viewer:

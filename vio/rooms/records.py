@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vio import clinic, family
 from vio.errors import Refusal
+from vio.identity import Viewer, ViewerRole
 from vio.models import (
     AttendanceEvent,
     AttendanceKind,
@@ -22,7 +23,6 @@ from vio.models import (
     SessionKind,
     SessionStatus,
 )
-from vio.pages.common import Viewer, ViewerRole
 from vio.rooms.admission import Person, Role, SessionFacts
 from vio.rooms.room import RoomEvent
 
