@@ -84,6 +84,7 @@ async def test_patient_link_signs_in(client, demo, db, settings, clock):
     assert response.status_code == 303
     home = client.get("/me")
     assert "Hello, Dana R." in home.text
+    assert "of\n    9 hours" in home.text  # ASAM 2.1 adult target
     assert "Evening Process Group" in home.text
 
 

@@ -99,7 +99,10 @@ async def test_moderator_commands_by_role(role, live_server, db, live_settings, 
 
 
 STAFF_ROUTES = ["/staff", "/staff/patients", "/staff/patients/new", "/staff/groups",
-                "/staff/sessions", "/staff/groups/1", "/staff/patients/1"]
+                "/staff/sessions", "/staff/groups/1", "/staff/patients/1", "/staff/dashboard",
+                "/staff/patients/1/dosage", "/staff/patients/1/family"]
+# Pages about one session: its therapists and admins only.
+SESSION_ROUTES = ["/staff/sessions/1/attendance", "/staff/sessions/2/invites"]
 ADMIN_ROUTES = ["/staff/audit"]
 
 
@@ -119,6 +122,10 @@ async def test_staff_pages_by_role(role, settings, clock, engine, demo, db, unas
             token = csrf_from(client.get("/login").text)
             client.post("/login", data={"email": email, "password": password,
                                         "csrf_token": token})
+        for path in SESSION_ROUTES:
+            response = client.get(path, follow_redirects=False)
+            expected = {"anonymous": 303, "patient": 403, "unassigned-therapist": 404}
+            assert response.status_code == expected.get(role, 200), (role, path)
         for path in STAFF_ROUTES + ADMIN_ROUTES:
             response = client.get(path, follow_redirects=False)
             if role == "anonymous":

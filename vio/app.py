@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 from vio.clock import Clock, SystemClock
 from vio.db import create_engine, session_factory
 from vio.media import MediaConfig, MediaRouter, announce_host_addresses
-from vio.pages import auth, family, public, room, staff
+from vio.pages import attendance, auth, family, public, room, staff
 from vio.pages.common import WEB, AppState, render
 from vio.rooms.signaling import DatabaseRoomStore, RoomDirectory
 from vio.security import LoginThrottle, Signer
@@ -66,6 +66,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
             *staff.routes,
             *room.routes,
             *family.routes,
+            *attendance.routes,
             Mount("/static", StaticFiles(directory=WEB / "static"), name="static"),
         ],
         middleware=[

@@ -174,6 +174,10 @@ def parser() -> argparse.ArgumentParser:
     links.add_argument("--json", action="store_true")
     links.set_defaults(run=cmd_demo_links)
 
+    from vio.attendance.cli import register as register_attendance
+
+    register_attendance(commands)
+
     invite = commands.add_parser("invite", help="family invitations")
     invite_commands = invite.add_subparsers(dest="invite_command", required=True)
     create = invite_commands.add_parser("create", help="issue an invite link")

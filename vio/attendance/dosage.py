@@ -277,27 +277,27 @@ def weekly_dosage(plan: DosagePlan, sessions: Sequence[ScheduledAttendance], wee
     """The patient's dosage in ``week`` as it stands at ``now``.
 
     ``sessions`` are the patient's sessions, of any weeks: the previous week gives the
-    below-target alert and earlier ones the absence streak.
+    below-target alert and earlier ones the absence streak. Hours fall on the local day they
+    were attended, so a session crossing midnight into Monday counts there.
     """
     start, end = week.bounds(plan.timezone)
     mine = [s for s in sessions if start <= s.starts_at < end]
-    by_day = _attended_in(mine, week, plan.timezone)
+    by_day = _attended_in(sessions, week, plan.timezone)  # a late session may cross midnight
     attended = sum(by_day.values())
     over = [s for s in mine if s.ends_at <= now]
     to_come = [s for s in mine if s.ends_at > now]
     remaining = sum(((s.ends_at - max(s.starts_at, now)) // SECOND for s in to_come), 0)
     streak = consecutive_absences(sessions, min(now, end))
     alerts: list[DosageAlert] = []
-    previous = week.previous()
-    previous_start, _ = previous.bounds(plan.timezone)
-    if plan.enrolled_during(previous) and start <= now:
-        before = [s for s in sessions if previous_start <= s.starts_at < start]
-        if sum(_attended_in(before, previous, plan.timezone).values()) < plan.target_seconds:
+    if start <= now:  # a week still to come raises nothing yet
+        previous = week.previous()
+        if plan.enrolled_during(previous) and sum(
+                _attended_in(sessions, previous, plan.timezone).values()) < plan.target_seconds:
             alerts.append(DosageAlert.BELOW_TARGET_LAST_WEEK)
-    if plan.enrolled_during(week) and attended + remaining < plan.target_seconds:
-        alerts.append(DosageAlert.CANNOT_REACH_TARGET)
-    if streak >= plan.absences_before_outreach:
-        alerts.append(DosageAlert.CONSECUTIVE_ABSENCES)
+        if plan.enrolled_during(week) and attended + remaining < plan.target_seconds:
+            alerts.append(DosageAlert.CANNOT_REACH_TARGET)
+        if streak >= plan.absences_before_outreach:
+            alerts.append(DosageAlert.CONSECUTIVE_ABSENCES)
     return WeeklyDosage(
         patient_id=plan.patient_id, week=week, target_hours=plan.target_hours,
         attended_seconds=attended, day_seconds=tuple(sorted(by_day.items())),

@@ -4,9 +4,9 @@ The room appends the log (``vio.models.AttendanceEvent``); this module reads it 
 rules:
 
 - A connection is in the room from its ``admitted`` event until its ``left``, ``dropped`` or
-  ``removed`` event, or the ``session-ended`` event. When none of those follows (the server
-  stopped), it stays until the last ``heartbeat`` that lists it as present, or, with no such
-  heartbeat, only at the moment it was admitted.
+  ``removed`` event, or the ``session-ended`` event that lists it as present. When none of
+  those follows (the server stopped), it stays until the last ``heartbeat`` that lists it as
+  present, or, with no such heartbeat, only at the moment it was admitted.
 - Time in the waiting room is never attended time (DESIGN.md, "Telehealth records").
 - A connection brings neither audio nor video until its first ``media`` event; each ``media``
   event says what reaches the server from then on.
@@ -244,8 +244,15 @@ def _read_log(events: Iterable[Event]) -> dict[str, _Person]:
                 address=str(event.detail.get("address", "")),
                 city=str(event.detail.get("city", "")), state=str(event.detail.get("state", "")))
         elif event.kind is AttendanceKind.SESSION_ENDED:
+            present = event.detail.get("present")
             for open_connection in list(open_):
-                close(open_connection, event.at)
+                # A connection the ending room no longer held was lost in a crash: it ends at
+                # its last sign of life, not at the end of the session.
+                if not isinstance(present, list) or open_connection in present:
+                    close(open_connection, event.at)
+                else:
+                    stale = open_[open_connection]
+                    close(open_connection, max(stale.last_seen, stale.admitted_at))
         elif event.kind is AttendanceKind.HEARTBEAT:
             present = event.detail.get("present", [])
             for seen in present if isinstance(present, list) else []:
@@ -275,7 +282,13 @@ def needs_heartbeats(events: Iterable[Event]) -> bool:
     in_room: set[str] = set()
     for event in ordered(events):
         if event.kind is AttendanceKind.SESSION_ENDED:
-            in_room.clear()
+            present = event.detail.get("present")
+            if not isinstance(present, list):
+                in_room.clear()
+            elif in_room - set(present):
+                return True  # a connection lost in a crash: its heartbeats say when it ended
+            else:
+                in_room.clear()
         elif event.connection is None:
             continue
         elif event.kind is AttendanceKind.ADMITTED:

@@ -138,15 +138,16 @@ EVENT_COLUMNS = (AttendanceEvent.id, AttendanceEvent.session_id, AttendanceEvent
 async def load_events(db: AsyncSession, session_ids: Collection[int]) -> dict[int, list[Event]]:
     """The log of each session; heartbeats only for sessions where they decide something."""
     events: dict[int, list[Event]] = defaultdict(list)
+    conn = await db.connection()  # plain rows: no ORM bookkeeping for a large log
     for chunk in _chunks(session_ids):
-        rows = await db.execute(select(*EVENT_COLUMNS).where(
+        rows = await conn.execute(select(*EVENT_COLUMNS).where(
             AttendanceEvent.session_id.in_(chunk),
             AttendanceEvent.kind != AttendanceKind.HEARTBEAT))
         for row in rows:
             events[row.session_id].append(Event(*row))
     unsettled = [sid for sid, logged in events.items() if needs_heartbeats(logged)]
     for chunk in _chunks(unsettled):
-        rows = await db.execute(select(*EVENT_COLUMNS).where(
+        rows = await conn.execute(select(*EVENT_COLUMNS).where(
             AttendanceEvent.session_id.in_(chunk),
             AttendanceEvent.kind == AttendanceKind.HEARTBEAT))
         for row in rows:

@@ -24,19 +24,22 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from vio.attendance import records
-from vio.attendance.dosage import IsoWeek, WeeklyDosage
+from vio.attendance.dosage import DosageAlert, IsoWeek, WeeklyDosage
 from vio.attendance.export import ExportFormat, export_attendance, modifier_for
 from vio.attendance.intervals import AttendanceStatus, Modality
 from vio.attendance.models import AttendanceReview
 from vio.attendance.records import ReviewRefused, SessionAttendance
+from vio.identity import Viewer
 from vio.models import Patient, Program, Session, SessionStatus
-from vio.pages.common import Viewer, checked_form, render, staff_page, state
+from vio.pages.common import checked_form, render, staff_page, state
 from vio.pages.staff import session_for_staff
 
 TIMELINE_WIDTH = 640
 TIMELINE_ROW = 30
 TIMELINE_BAR = 18
 TIMELINE_AXIS = 22
+TIMELINE_LABEL = 180  # room for names left of the bars
+TIMELINE_RIGHT = 24  # room for the last time label
 MINUTES_PER_TICK = 30
 CHART_WIDTH = 640
 CHART_HEIGHT = 220
@@ -46,6 +49,9 @@ HOUR_TICK_STEPS = (1, 2, 3, 5, 10)
 MAX_HOUR_TICKS = 6
 EXPORT_MAX_DAYS = 366
 SIGN_OFF_LOOKBACK_DAYS = 14
+ALERT_LABELS = {DosageAlert.BELOW_TARGET_LAST_WEEK: "below target last week",
+                DosageAlert.CANNOT_REACH_TARGET: "can't reach target this week",
+                DosageAlert.CONSECUTIVE_ABSENCES: "absences in a row"}
 MODALITY_LABELS = {Modality.AUDIO_VIDEO: "audio and video", Modality.AUDIO_ONLY: "audio only",
                    Modality.NO_MEDIA: "in the room, no media"}
 
@@ -82,7 +88,7 @@ def timeline_bars(record: SessionAttendance, zone: ZoneInfo) -> list[list[Bar]]:
         rows.append([Bar(x=_x(span.start, start, end), y=y,
                          width=max(_x(span.end, start, end) - _x(span.start, start, end), 1),
                          height=TIMELINE_BAR, kind=span.modality.value,
-                         label=(f"{span.start.astimezone(zone):%-I:%M %p}–"
+                         label=(f"{span.start.astimezone(zone):%-I:%M %p} to "
                                 f"{span.end.astimezone(zone):%-I:%M %p}, "
                                 f"{MODALITY_LABELS[span.modality]}"))
                      for span in person.attendance.spans])
@@ -148,7 +154,8 @@ def _not_found(request: Request, what: str) -> Response:
 
 
 @staff_page()
-async def session_attendance(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+async def session_attendance_page(request: Request, db: AsyncSession,
+                                  viewer: Viewer) -> Response:
     """One session's attendance: review it, override a status with a reason, sign it off."""
     session = await session_for_staff(db, viewer, request.path_params["session_id"])
     if session is None:
@@ -173,23 +180,22 @@ async def session_attendance(request: Request, db: AsyncSession, viewer: Viewer)
                 await records.sign_off(db, record, viewer.staff, now)
             else:
                 raise ReviewRefused("unknown-action", "Unknown action.")
-        except ReviewRefused as refusal:
-            await db.rollback()
+        except ReviewRefused as refusal:  # refused before anything was written
             error = str(refusal)
             status_code = 409 if refusal.code == "signed-off" else 400
-            record = await records.session_record(db, session, program)
         else:
             await db.commit()
             return RedirectResponse(request.url.path, status_code=303)
     zone = ZoneInfo(program.timezone)
-    names = await records.person_names(db, [p.person for p in record.people] + [
-        f"staff:{r.by_staff_id}" for r in [record.sign_off] if r is not None])
     overrides = await _override_history(db, session.id)
+    names = await records.person_names(db, [p.person for p in record.people] + [
+        f"staff:{r.by_staff_id}" for r in overrides])
     return render(
         request, "attendance/session.html", status_code=status_code, session=session,
         record=record, zone=zone, names=names, error=error, statuses=list(AttendanceStatus),
         rows=list(zip(record.people, timeline_bars(record, zone), strict=True)),
-        ticks=timeline_ticks(record, zone), width=TIMELINE_WIDTH,
+        ticks=timeline_ticks(record, zone), width=TIMELINE_WIDTH, label_width=TIMELINE_LABEL,
+        right_margin=TIMELINE_RIGHT,
         height=TIMELINE_AXIS + TIMELINE_ROW * max(len(record.people), 1),
         row_height=TIMELINE_ROW, modifier_for=modifier_for, overrides=overrides,
         modality_labels=MODALITY_LABELS, now=now)
@@ -202,7 +208,7 @@ async def _override_history(db: AsyncSession, session_id: int) -> list[Attendanc
 
 
 @staff_page()
-async def patient_dosage(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+async def patient_dosage_page(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
     """A patient's weekly hours against their target across the enrollment."""
     program = await _program(db, viewer)
     patient = await db.get(Patient, request.path_params["patient_id"])
@@ -211,7 +217,7 @@ async def patient_dosage(request: Request, db: AsyncSession, viewer: Viewer) -> 
     now = state(request).clock.now()
     weeks = await records.patient_dosage(db, patient, program, now)
     return render(request, "attendance/dosage.html", patient=patient, weeks=weeks,
-                  chart=dosage_chart(weeks), program=program,
+                  chart=dosage_chart(weeks), program=program, alert_labels=ALERT_LABELS,
                   this_week=IsoWeek.containing(now, program.timezone))
 
 
@@ -236,7 +242,7 @@ async def dashboard(request: Request, db: AsyncSession, viewer: Viewer) -> Respo
     flagged = [(p, d) for p, d in report if d.alerts]
     today = now.astimezone(ZoneInfo(program.timezone)).date()
     return render(request, "attendance/dashboard.html", program=program, week=week,
-                  report=report, flagged=flagged,
+                  report=report, flagged=flagged, alert_labels=ALERT_LABELS,
                   awaiting=await _awaiting_sign_off(db, program, viewer, now),
                   zone=ZoneInfo(program.timezone), export_from=week.monday, export_to=today)
 
@@ -294,9 +300,9 @@ async def patient_week_summary(db: AsyncSession, patient: Patient, program: Prog
 
 
 routes = [
-    Route("/staff/sessions/{session_id:int}/attendance", session_attendance,
+    Route("/staff/sessions/{session_id:int}/attendance", session_attendance_page,
           methods=["GET", "POST"]),
-    Route("/staff/patients/{patient_id:int}/dosage", patient_dosage),
+    Route("/staff/patients/{patient_id:int}/dosage", patient_dosage_page),
     Route("/staff/dashboard", dashboard),
     Route("/staff/exports/attendance.csv", export_csv),
     Route("/staff/exports/attendance.fhir.json", export_fhir),

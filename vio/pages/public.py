@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from vio import clinic
 from vio.models import Program
+from vio.pages.attendance import patient_week_summary
 from vio.pages.common import ViewerRole, current_viewer, render, state
 
 
@@ -41,9 +42,11 @@ async def patient_home(request: Request) -> Response:
         upcoming = await clinic.sessions_for_patient(
             db, patient, now - timedelta(hours=12), now + timedelta(days=14))
         upcoming = [s for s in upcoming if s.ends_at > now]
+        week = await patient_week_summary(db, patient, program, now)
     zone = ZoneInfo(program.timezone)
     return render(request, "patient/home.html", patient=patient, sessions=upcoming, zone=zone,
-                  now=now, join_early=timedelta(minutes=app.settings.join_early_minutes))
+                  now=now, join_early=timedelta(minutes=app.settings.join_early_minutes),
+                  week=week)
 
 
 async def healthz(request: Request) -> Response:
