@@ -38,8 +38,11 @@ def loopback_only():
 
 async def _events(db, kind: AttendanceKind, **detail) -> list[AttendanceEvent]:
     await db.commit()  # end the read transaction, to see what the server wrote since
-    rows = (await db.execute(select(AttendanceEvent).where(AttendanceEvent.kind == kind)
-                             .order_by(AttendanceEvent.id))).scalars().all()
+    live = (await db.execute(select(Session.id).where(Session.kind == SessionKind.GROUP)
+                             .order_by(Session.starts_at.desc()))).scalars().first()
+    rows = (await db.execute(select(AttendanceEvent).where(
+        AttendanceEvent.kind == kind, AttendanceEvent.session_id == live)
+        .order_by(AttendanceEvent.id))).scalars().all()
     return [r for r in rows if r.role == "patient"
             and all(r.detail.get(k) == v for k, v in detail.items())]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vio import clinic, family
 from vio.models import (
     AgeGroup,
+    AttendanceEvent,
+    AttendanceKind,
     Consent,
     ConsentKind,
     FamilyMember,
@@ -110,6 +113,7 @@ async def _people(db: AsyncSession, timezone: str, now: datetime) -> DemoPeople:
 
 async def seed(db: AsyncSession, timezone: str, now: datetime) -> DemoPeople:
     """Make the demo program (once) and today's live and family sessions (when missing)."""
+    first_time = await clinic.staff_by_email(db, ADMIN["email"]) is None
     people = await _people(db, timezone, now)
     live = (await db.execute(select(Session).where(
         Session.group_id == people.group.id, Session.starts_at <= now,
@@ -132,8 +136,57 @@ async def seed(db: AsyncSession, timezone: str, now: datetime) -> DemoPeople:
             kind=SessionKind.FAMILY, timezone=people.program.timezone,
             duration_minutes=FAMILY_SESSION_MINUTES, therapist_ids=(people.therapist.id,),
             patient_id=family_patient.id), start)
+    if first_time:
+        await _past_week(db, people, now)
     await db.flush()
     return people
+
+
+# The past week's attendance, patient by patient: minutes attended in each of the three
+# sessions (None: absent). Marcus misses the last two, which prompts outreach.
+PAST_WEEK_MINUTES: dict[str, tuple[int | None, ...]] = {
+    "Dana Reyes": (180, 180, 180),
+    "Marcus Lee": (180, None, None),
+    "Priya Shah": (150, 180, 180),
+    "Tom Becker": (90, 120, 180),
+    "Alicia Gomez": (180, 180, 180),
+    "Ken Watanabe": (None, 180, 180),
+}
+PAST_WEEKDAYS = (1, 3, 4)  # Monday, Wednesday, Thursday
+PAST_START = time(18, 0)
+
+
+async def _past_week(db: AsyncSession, people: DemoPeople, now: datetime) -> None:
+    """Last week's Mon/Wed/Thu evening group, ended, with attendance as the room records it."""
+    zone = ZoneInfo(people.program.timezone)
+    today = now.astimezone(zone).date()
+    last_monday = today - timedelta(days=today.weekday() + 7)
+    for index, weekday in enumerate(PAST_WEEKDAYS):
+        start = datetime.combine(last_monday + timedelta(days=weekday - 1), PAST_START, zone)
+        session = await clinic.schedule_session(db, clinic.SessionPlan(
+            program_id=people.program.id, title=GROUP_NAME, kind=SessionKind.GROUP,
+            timezone=people.program.timezone, duration_minutes=LIVE_SESSION_MINUTES,
+            therapist_ids=(people.therapist.id,), group_id=people.group.id), start)
+        session.status = SessionStatus.ENDED
+        for number, (name, pattern) in enumerate(PAST_WEEK_MINUTES.items()):
+            minutes = pattern[index]
+            if minutes is None:
+                continue
+            patient = people.patients[name]
+            person, connection = f"patient:{patient.id}", f"p-demo-{session.id}-{number}"
+            joined = start + timedelta(minutes=LIVE_SESSION_MINUTES - minutes)
+            for at, kind, detail in (
+                    (joined - timedelta(minutes=2), AttendanceKind.CHECKED_IN,
+                     {"location": "home", "address": patient.usual_location}),
+                    (joined, AttendanceKind.ADMITTED, {}),
+                    (joined, AttendanceKind.MEDIA, {"audio": True, "video": True}),
+                    (start + timedelta(minutes=LIVE_SESSION_MINUTES), AttendanceKind.LEFT, {})):
+                db.add(AttendanceEvent(session_id=session.id, at=at, kind=kind, person=person,
+                                       role="patient", connection=connection,
+                                       patient_id=patient.id, detail=detail))
+        db.add(AttendanceEvent(session_id=session.id, at=session.ends_at,
+                               kind=AttendanceKind.SESSION_ENDED, detail={"present": []}))
+    await db.flush()
 
 
 async def demo_links(db: AsyncSession, signer: Signer, base_url: str, timezone: str,
