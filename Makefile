@@ -37,10 +37,17 @@ system-packages:
 	fi
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check vio tests run.py
+	$(BIN)/ruff check vio tests bench run.py
 
 types: $(VENV)/.test
 	$(BIN)/mypy vio
+
+## make bench: the benchmarks' quick runs (see docs/benchmarks.md for full runs)
+bench: $(VENV)/.test
+	$(BIN)/python bench/forwarding.py --quick
+	$(BIN)/python bench/room.py --quick
+	$(BIN)/python bench/signaling.py --quick
+	$(BIN)/python bench/attendance.py --quick
 
 check: lint types
 

@@ -288,6 +288,29 @@ async def test_join_gets_video_quickly_and_leaving_removes_tracks(loopback_only:
 
 
 @pytest.mark.asyncio
+async def test_participants_leaving_at_the_same_time(loopback_only: None) -> None:
+    pids = ["therapist", "ann", "bob", "cat"]
+    async with room() as r:
+        for pid in pids:
+            await r.join(pid, therapist=pid == "therapist")
+        therapist = r.clients["therapist"]
+        await eventually(lambda: therapist.has_media_from(pids[1:]), 10, "the three patients")
+
+        # Each leaver starts while the one before is still stopping its forwarded tracks.
+        leavers = pids[1:]
+        removals = []
+        for pid in leavers:
+            removals.append(asyncio.create_task(r.router.remove_participant(pid)))
+            for _ in range(3):
+                await asyncio.sleep(0)
+        await asyncio.gather(*removals)
+
+        assert r.router.participants() == ["therapist"]
+        ended = {(pid, kind) for pid in leavers for kind in ("audio", "video")}
+        await eventually(lambda: ended <= therapist.ended, 3, "the leavers' tracks to end")
+
+
+@pytest.mark.asyncio
 async def test_selective_video_forwarding(loopback_only: None) -> None:
     async with room(MediaConfig(max_video_forwarded=1)) as r:
         await r.join("therapist", therapist=True)

@@ -4,13 +4,16 @@ aiortc normally decodes what a receiver gets and encodes what a sender sends. Fo
 server that is wasted work (DESIGN.md, "Media facts"), so its peer connections are wired as
 follows, with every other peer connection in the process left untouched:
 
-* **Receive.** Each server receiver's track is a :class:`SourceTrack`, created before
-  negotiation, whose output queue is a :class:`PacketSource`. aiortc's decoder thread
-  (``aiortc.rtcrtpreceiver.decoder_worker``) is wrapped so that, when its output queue is a
-  ``PacketSource``, the thread is marked and ``aiortc.rtcrtpreceiver.get_decoder`` hands it a
-  :class:`PassthroughDecoder`: the reassembled encoded frame comes out as an ``av.Packet``
-  with ``pts``/``time_base`` and the keyframe flag. NACK/RTX, reassembly, REMB and receiver
-  reports stay aiortc's.
+* **Receive.** :func:`attach_source` wires a server receiver, before negotiation, to a
+  :class:`PacketSource`: its track becomes a :class:`SourceTrack`, and the queue into which
+  the receiver puts each reassembled frame for its decoder thread becomes an
+  :class:`InlineDecoderQueue`, which turns the frame into an ``av.Packet`` (``pts``,
+  ``time_base``, keyframe flag) with a :class:`PassthroughDecoder` right there on the event
+  loop and hands it to the source. aiortc still starts a decoder thread
+  (``aiortc.rtcrtpreceiver.decoder_worker``, which is wrapped), but for such a receiver the
+  thread ends at once: the two thread hops per frame (``queue.Queue`` to the thread,
+  ``run_coroutine_threadsafe`` back) took about a quarter of a busy server's CPU
+  (``docs/benchmarks.md``). NACK/RTX, reassembly, REMB and receiver reports stay aiortc's.
 * **Fan-out.** The ``PacketSource`` hands every packet to the :class:`ForwardedTrack` of each
   receiving leg: a bounded queue that starts at a keyframe and, on overflow, drops until the
   next keyframe and asks the publisher for one.
@@ -40,22 +43,26 @@ from typing import Any, TypeAlias
 
 import av
 import av.frame
-from aiortc import rtcrtpreceiver, rtcrtpsender
+from aiortc import RTCRtpReceiver, rtcrtpreceiver, rtcrtpsender
 from aiortc.codecs import get_decoder as _aiortc_get_decoder
 from aiortc.codecs import get_encoder as _aiortc_get_encoder
 from aiortc.codecs.base import Decoder, Encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 __all__ = [
     "ForwardedTrack",
+    "InlineDecoderQueue",
     "KeyframeRequester",
+    "LazyBitrateEstimator",
     "PacketSource",
     "PassthroughDecoder",
     "PassthroughPacker",
     "SourceTrack",
+    "attach_source",
     "install_passthrough_hooks",
     "is_vp8_keyframe",
 ]
@@ -257,6 +264,44 @@ class PacketSource:
             leg.stop()
 
 
+class InlineDecoderQueue:
+    """Stands in for a server receiver's decoder queue (a ``queue.Queue`` in aiortc).
+
+    The receiver calls ``put((codec, frame))`` on the event loop for every reassembled frame
+    and ``put(None)`` when it stops; each frame goes to the :class:`PacketSource` at once, as
+    the ``av.Packet`` a :class:`PassthroughDecoder` makes of it.
+    """
+
+    def __init__(self, source: PacketSource) -> None:
+        self._source = source
+        self._decoders: dict[str, PassthroughDecoder] = {}
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:
+            self._source.close()
+            return
+        codec, frame = item
+        decoder = self._decoders.get(codec.name)
+        if decoder is None:
+            decoder = self._decoders[codec.name] = _passthrough_decoder(codec)
+        for packet in decoder.decode(frame):
+            self._source.put_nowait(packet)
+
+
+def attach_source(receiver: RTCRtpReceiver, source: PacketSource) -> None:
+    """Make ``receiver`` (not yet negotiated) feed ``source`` instead of decoding.
+
+    Relies on two attributes of aiortc 1.16's ``RTCRtpReceiver``: ``_track``, read when the
+    receiver is negotiated, and its private decoder queue, which this replaces.
+    """
+    install_passthrough_hooks()  # the wrapped decoder thread leaves this queue alone
+    receiver._track = SourceTrack(source)
+    attribute = "_RTCRtpReceiver__decoder_queue"
+    if not isinstance(getattr(receiver, attribute, None), queue.Queue):
+        raise RuntimeError("this aiortc's RTCRtpReceiver has no decoder queue to replace")
+    setattr(receiver, attribute, InlineDecoderQueue(source))
+
+
 class SourceTrack(RemoteStreamTrack):
     """The track of a server receiver, installed before negotiation so aiortc keeps it.
 
@@ -375,11 +420,17 @@ _installed = False
 
 def _decoder_worker(
     loop: asyncio.AbstractEventLoop,
-    input_q: queue.Queue[Any],
+    input_q: queue.Queue[Any] | InlineDecoderQueue,
     output_q: Any,
     decode_error: threading.Event,
 ) -> None:
-    """aiortc's decoder thread, marked as passthrough when it feeds a :class:`PacketSource`."""
+    """aiortc's decoder thread; it has nothing to do for a receiver of :func:`attach_source`.
+
+    One that feeds a :class:`PacketSource` through a ``queue.Queue`` (wired by hand) is marked
+    as passthrough, so that ``get_decoder`` gives it a :class:`PassthroughDecoder`.
+    """
+    if isinstance(input_q, InlineDecoderQueue):
+        return
     _decoder_thread.passthrough = isinstance(output_q, PacketSource)
     _aiortc_decoder_worker(loop, input_q, output_q, decode_error)
 
@@ -390,17 +441,51 @@ def _get_decoder(codec: RTCRtpCodecParameters) -> Decoder | PassthroughDecoder:
     return _aiortc_get_decoder(codec)
 
 
+def _passthrough_decoder(codec: RTCRtpCodecParameters) -> PassthroughDecoder:
+    """A decoder for a server receiver, made by aiortc's (wrapped) ``get_decoder`` as always."""
+    _decoder_thread.passthrough = True
+    try:
+        decoder = rtcrtpreceiver.get_decoder(codec)  # type: ignore[attr-defined]
+    finally:
+        _decoder_thread.passthrough = False
+    if not isinstance(decoder, PassthroughDecoder):
+        raise RuntimeError(f"server receivers need a PassthroughDecoder, got {decoder!r}")
+    return decoder
+
+
 def _get_encoder(codec: RTCRtpCodecParameters) -> Encoder | PassthroughPacker:
     if _sender_is_passthrough.get():
         return PassthroughPacker(codec)
     return _aiortc_get_encoder(codec)
 
 
+class LazyBitrateEstimator:
+    """aiortc's ``RemoteBitrateEstimator`` (REMB), built when the first video packet arrives.
+
+    aiortc gives every video transceiver's receiver one, and building it fills a 1,000-bucket
+    rate counter: about a millisecond. The server's send-only legs never receive a packet, and
+    each participant who joins adds a video leg at everyone else, so the eager estimators were
+    a large part of the CPU a join costs (``bench/signaling.py``).
+    """
+
+    __slots__ = ("_estimator",)
+
+    def __init__(self) -> None:
+        self._estimator: RemoteBitrateEstimator | None = None
+
+    def add(self, **packet: int) -> tuple[int, list[int]] | None:
+        if self._estimator is None:
+            self._estimator = RemoteBitrateEstimator()
+        result: tuple[int, list[int]] | None = self._estimator.add(**packet)
+        return result
+
+
 def install_passthrough_hooks() -> None:
     """Install the decoder/encoder hooks described in the module docstring. Idempotent.
 
     They change nothing for peer connections whose receivers and senders are not wired to
-    :class:`PacketSource` / :class:`ForwardedTrack`.
+    :class:`PacketSource` / :class:`ForwardedTrack`, except that every video receiver of the
+    process builds its bandwidth estimator lazily (:class:`LazyBitrateEstimator`).
     """
     global _installed
     if _installed:
@@ -408,4 +493,5 @@ def install_passthrough_hooks() -> None:
     rtcrtpreceiver.decoder_worker = _decoder_worker
     rtcrtpreceiver.get_decoder = _get_decoder  # type: ignore[attr-defined,assignment]
     rtcrtpsender.get_encoder = _get_encoder  # type: ignore[attr-defined,assignment]
+    rtcrtpreceiver.RemoteBitrateEstimator = LazyBitrateEstimator  # type: ignore[attr-defined,assignment]
     _installed = True

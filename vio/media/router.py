@@ -33,7 +33,7 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import RtpPacket
 
 from .ice import rtc_configuration
-from .passthrough import ForwardedTrack, PacketSource, SourceTrack, install_passthrough_hooks
+from .passthrough import ForwardedTrack, PacketSource, attach_source, install_passthrough_hooks
 
 __all__ = ["MediaConfig", "MediaError", "MediaRouter", "MediaState", "TrackInfo"]
 
@@ -189,7 +189,7 @@ class MediaRouter:
                 else None,
                 keyframe_throttle_s=self.config.keyframe_throttle_s,
             )
-            transceiver.receiver._track = SourceTrack(source)
+            attach_source(transceiver.receiver, source)
             p.inbound[kind] = transceiver
             p.sources[kind] = source
         self._watch_audio(p)
@@ -235,7 +235,10 @@ class MediaRouter:
         await self._stop_negotiator(p)
         for source in p.sources.values():
             source.close()
-        for other in self._participants.values():
+        # A copy: others may leave (or join) while a transceiver stops.
+        for other in list(self._participants.values()):
+            if other.removed:
+                continue
             for kind in KINDS:
                 leg = other.outgoing.pop((pid, kind), None)
                 if leg is not None:

@@ -73,7 +73,10 @@ class CounterVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        index = await self._pacer.next()
+        return self.frame(await self._pacer.next())
+
+    def frame(self, index: int) -> av.VideoFrame:
+        """The ``index``-th frame, drawn now (``recv`` paces these at the frame rate)."""
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         luma = frame.planes[0]
         cell_w = self.width // _GRID_COLUMNS
@@ -148,7 +151,10 @@ class ToneAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        index = await self._pacer.next()
+        return self.frame(await self._pacer.next())
+
+    def frame(self, index: int) -> av.AudioFrame:
+        """The ``index``-th 20 ms frame (``recv`` paces these in real time)."""
         frame = av.AudioFrame(format="s16", layout="mono", samples=self.FRAME_SAMPLES)
         size = 2 * self.FRAME_SAMPLES
         offset = index * size % len(self._table)

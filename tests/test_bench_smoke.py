@@ -1,0 +1,79 @@
+"""The benchmark scripts keep working: each runs with ``--quick --smoke`` in a subprocess.
+
+Nothing here is timed: the scripts must exit 0 and print their tables' headers and summary
+lines with positive numbers (``docs/benchmarks.md`` says how to read the real runs). Every
+process they start stays on 127.0.0.1 and stops by itself.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import seconds
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
+
+
+def run(script: str, budget_s: float) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--smoke"],
+        capture_output=True, text=True, timeout=seconds(budget_s), cwd=BENCH.parent)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def table_rows(out: str, *header: str) -> list[list[str]]:
+    """The body of the Markdown table whose header starts with the columns ``header``."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if line.startswith("|") and cells(line)[:len(header)] == list(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(cells(line))
+    return rows
+
+
+def test_forwarding_prints_costs_and_ratios() -> None:
+    out = run("forwarding.py", 60)
+    rows = table_rows(out, "backend", "kind", "K", "server CPU %", "CPU % per stream",
+                      "fps min")
+    assert {(r[0], r[1]) for r in rows} == {
+        ("vio", "video"), ("vio", "audio"), ("relay", "video"), ("relay", "audio")}
+    for row in rows:
+        cpu, per_stream, fps_min = (float(x) for x in row[3:6])
+        assert cpu > 0 and per_stream > 0 and fps_min > 0, row
+        assert row[-1] == "0", f"frames that did not decode: {row}"
+    ratios = dict(re.findall(rf"^ratio (video|audio) K=1: {NUMBER}$", out, re.MULTILINE))
+    assert set(ratios) == {"video", "audio"}
+    assert all(float(v) > 0 for v in ratios.values())
+
+
+def test_room_prints_cpu_frame_rates_and_late_joins() -> None:
+    out = run("room.py", 60)
+    (row,) = table_rows(out, "server", "N", "video legs", "audio legs", "server CPU %")
+    assert row[1] == "4" and int(row[2]) == 12 and int(row[3]) == 12
+    assert all(float(x) > 0 for x in row[4:11]), row
+    summary = re.search(rf"^room asyncio N=4: cpu {NUMBER} %, per leg {NUMBER} %, "
+                        rf"us/packet {NUMBER}$", out, re.MULTILINE)
+    assert summary is not None and all(float(x) > 0 for x in summary.groups())
+    (joins,) = table_rows(out, "server", "N", "joins", "first frame p50")
+    assert int(joins[2]) > 0 and float(joins[3]) > 0 and float(joins[5]) > 0, joins
+
+
+def test_signaling_prints_join_rate_and_moderation_round_trip() -> None:
+    out = run("signaling.py", 60)
+    (row,) = table_rows(out, "media", "clients", "joined", "joins/s")
+    assert row[0] == "aiortc" and row[1] == row[2], "every client must get in"
+    summary = re.search(rf"^signaling media=aiortc: joins/s {NUMBER}, mute p50 ms {NUMBER}, "
+                        rf"p99 ms {NUMBER}$", out, re.MULTILINE)
+    assert summary is not None and all(float(x) > 0 for x in summary.groups())
