@@ -22,45 +22,34 @@ def _settings() -> Settings:
 
 
 async def _migrate(settings: Settings) -> None:
-    from vio.db import create_engine, migrate
+    from vio.db import opened
 
-    engine = create_engine(settings.database_url)
-    try:
-        await migrate(engine)
-    finally:
-        await engine.dispose()
+    async with opened(settings.database_url):
+        pass
 
 
 async def _seed_demo(settings: Settings) -> None:
     from vio import demo
     from vio.clock import SystemClock
-    from vio.db import create_engine, session_factory
+    from vio.db import opened
 
-    engine = create_engine(settings.database_url)
-    try:
-        async with session_factory(engine)() as db:
-            await demo.seed(db, settings.timezone, SystemClock().now())
-            await db.commit()
-    finally:
-        await engine.dispose()
+    async with opened(settings.database_url) as db:
+        await demo.seed(db, settings.timezone, SystemClock().now())
+        await db.commit()
 
 
 async def _demo_links(settings: Settings) -> dict[str, object]:
     from vio import demo
     from vio.clock import SystemClock
-    from vio.db import create_engine, session_factory
+    from vio.db import opened
     from vio.security import Signer
 
-    engine = create_engine(settings.database_url)
-    try:
-        async with session_factory(engine)() as db:
-            links = await demo.demo_links(db, Signer(settings.secret_key),
-                                          settings.public_base_url, settings.timezone,
-                                          SystemClock().now())
-            await db.commit()
-            return links
-    finally:
-        await engine.dispose()
+    async with opened(settings.database_url) as db:
+        links = await demo.demo_links(db, Signer(settings.secret_key),
+                                      settings.public_base_url, settings.timezone,
+                                      SystemClock().now())
+        await db.commit()
+        return links
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -72,9 +61,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if "VIO_PUBLIC_BASE_URL" not in os.environ:
         settings = dataclasses.replace(
             settings, public_base_url=f"http://{args.host}:{args.port}")
-    asyncio.run(_migrate(settings))
     if args.demo:
         asyncio.run(_seed_demo(settings))
+    else:
+        asyncio.run(_migrate(settings))
         print(f"vio demo is ready: open {settings.public_base_url}/ "
               f"(therapist sign-in: therapist@demo.vio / demo-therapist; "
               f"patient links: `vio demo-links --json`)", flush=True)
@@ -91,7 +81,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_demo_links(args: argparse.Namespace) -> int:
     settings = _settings()
-    asyncio.run(_migrate(settings))
     links = asyncio.run(_demo_links(settings))
     if args.json:
         print(json.dumps(links, indent=2))
@@ -126,29 +115,24 @@ def cmd_bot(args: argparse.Namespace) -> int:
 async def _invite(settings: Settings, session_id: int, member_id: int) -> str:
     from vio import family
     from vio.clock import SystemClock
-    from vio.db import create_engine, session_factory
+    from vio.db import opened
     from vio.models import FamilyMember, Session
 
-    engine = create_engine(settings.database_url)
-    try:
-        async with session_factory(engine)() as db:
-            session = await db.get(Session, session_id)
-            member = await db.get(FamilyMember, member_id)
-            if session is None or member is None:
-                raise family.InviteRefused("No such session or family member.")
-            token = await family.issue_invite(db, session, member, "command-line",
-                                              SystemClock().now())
-            await db.commit()
-            return f"{settings.public_base_url}/i/{token}"
-    finally:
-        await engine.dispose()
+    async with opened(settings.database_url) as db:
+        session = await db.get(Session, session_id)
+        member = await db.get(FamilyMember, member_id)
+        if session is None or member is None:
+            raise family.InviteRefused("No such session or family member.")
+        token = await family.issue_invite(db, session, member, "command-line",
+                                          SystemClock().now())
+        await db.commit()
+        return f"{settings.public_base_url}/i/{token}"
 
 
 def cmd_invite_create(args: argparse.Namespace) -> int:
     from vio.family import InviteRefused
 
     settings = _settings()
-    asyncio.run(_migrate(settings))
     try:
         print(asyncio.run(_invite(settings, args.session, args.family_member)))
     except InviteRefused as refused:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from alembic import command
@@ -47,6 +49,19 @@ def alembic_config(connection: Connection | None = None) -> Config:
     if connection is not None:
         config.attributes["connection"] = connection
     return config
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, *, migrated: bool = True) -> AsyncIterator[AsyncSession]:
+    """One database session for a command: the schema brought up to date first, all closed after."""
+    engine = create_engine(url)
+    try:
+        if migrated:
+            await migrate(engine)
+        async with session_factory(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -326,7 +326,7 @@ async def scenario_family(links: dict[str, Any]) -> dict[str, Any]:
                                          timeout=seconds(30) * 1000)
             seen["admitted"] = True
             seen["page"] = await remote_videos_playing(page, 1, seconds(30))
-            await asyncio.sleep(2)
+            await asyncio.sleep(seconds(4))  # the bot's side of the call, under load too
         finally:
             await browser.close()
     bot.terminate()

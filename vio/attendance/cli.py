@@ -24,7 +24,7 @@ from vio.attendance.dosage import IsoWeek
 from vio.attendance.export import ExportFormat, export_attendance
 from vio.attendance.records import program_week_dosage
 from vio.clock import SystemClock
-from vio.db import create_engine, migrate, session_factory
+from vio.db import opened
 from vio.models import Program
 from vio.settings import Settings, SettingsError
 
@@ -102,24 +102,19 @@ def _run(command: str, work: Coroutine[Any, Any, int]) -> int:
 
 async def _export(args: argparse.Namespace) -> int:
     settings = _settings()
-    engine = create_engine(settings.database_url)
-    try:
-        await migrate(engine)
-        async with session_factory(engine)() as db:
-            program = await _program(db, args.program)
-            try:
-                export = await export_attendance(
-                    db, program, args.first_day, args.last_day, ExportFormat(args.format),
-                    f"cli:{getpass.getuser()}", SystemClock().now())
-            except ValueError as exc:
-                raise CommandProblem(str(exc)) from None
-            if args.out is None:
-                sys.stdout.write(export.content)
-            else:
-                args.out.write_text(export.content, encoding="utf-8")
-            await db.commit()
-    finally:
-        await engine.dispose()
+    async with opened(settings.database_url) as db:
+        program = await _program(db, args.program)
+        try:
+            export = await export_attendance(
+                db, program, args.first_day, args.last_day, ExportFormat(args.format),
+                f"cli:{getpass.getuser()}", SystemClock().now())
+        except ValueError as exc:
+            raise CommandProblem(str(exc)) from None
+        if args.out is None:
+            sys.stdout.write(export.content)
+        else:
+            args.out.write_text(export.content, encoding="utf-8")
+        await db.commit()
     where = args.out or "standard output"
     print(f"{export.count} {'rows' if args.format == 'csv' else 'encounters'} to {where}",
           file=sys.stderr)
@@ -147,16 +142,11 @@ def _table(rows: list[dict[str, object]]) -> str:
 
 async def _dosage(args: argparse.Namespace) -> int:
     settings = _settings()
-    engine = create_engine(settings.database_url)
     now = SystemClock().now()
-    try:
-        await migrate(engine)
-        async with session_factory(engine)() as db:
-            program = await _program(db, args.program)
-            week = args.week or IsoWeek.containing(now, program.timezone)
-            report = await program_week_dosage(db, program, week, now)
-    finally:
-        await engine.dispose()
+    async with opened(settings.database_url) as db:
+        program = await _program(db, args.program)
+        week = args.week or IsoWeek.containing(now, program.timezone)
+        report = await program_week_dosage(db, program, week, now)
     rows = [{"name": patient.legal_name, **dosage.summary()} for patient, dosage in report]
     if args.json:
         print(json.dumps({"program": program.name, "week": str(week), "patients": rows},

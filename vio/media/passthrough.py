@@ -424,14 +424,9 @@ def _decoder_worker(
     output_q: Any,
     decode_error: threading.Event,
 ) -> None:
-    """aiortc's decoder thread; it has nothing to do for a receiver of :func:`attach_source`.
-
-    One that feeds a :class:`PacketSource` through a ``queue.Queue`` (wired by hand) is marked
-    as passthrough, so that ``get_decoder`` gives it a :class:`PassthroughDecoder`.
-    """
+    """aiortc's decoder thread; it has nothing to do for a receiver of :func:`attach_source`."""
     if isinstance(input_q, InlineDecoderQueue):
         return
-    _decoder_thread.passthrough = isinstance(output_q, PacketSource)
     _aiortc_decoder_worker(loop, input_q, output_q, decode_error)
 
 

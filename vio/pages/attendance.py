@@ -31,7 +31,7 @@ from vio.attendance.models import AttendanceReview
 from vio.attendance.records import ReviewRefused, SessionAttendance
 from vio.identity import Viewer
 from vio.models import Patient, Program, Session, SessionStatus
-from vio.pages.common import checked_form, render, staff_page, state
+from vio.pages.common import checked_form, not_found, render, staff_page, state
 from vio.pages.staff import session_for_staff
 
 TIMELINE_WIDTH = 640
@@ -148,18 +148,13 @@ async def _program(db: AsyncSession, viewer: Viewer) -> Program:
     return program
 
 
-def _not_found(request: Request, what: str) -> Response:
-    return render(request, "message.html", status_code=404, title="Not found",
-                  message=f"There is no such {what}.")
-
-
 @staff_page()
 async def session_attendance_page(request: Request, db: AsyncSession,
                                   viewer: Viewer) -> Response:
     """One session's attendance: review it, override a status with a reason, sign it off."""
     session = await session_for_staff(db, viewer, request.path_params["session_id"])
     if session is None:
-        return _not_found(request, "session")
+        return not_found(request, "There is no such session.")
     program = await _program(db, viewer)
     now = state(request).clock.now()
     record = await records.session_record(db, session, program)
@@ -213,7 +208,7 @@ async def patient_dosage_page(request: Request, db: AsyncSession, viewer: Viewer
     program = await _program(db, viewer)
     patient = await db.get(Patient, request.path_params["patient_id"])
     if patient is None or patient.program_id != program.id:
-        return _not_found(request, "patient")
+        return not_found(request, "There is no such patient.")
     now = state(request).clock.now()
     weeks = await records.patient_dosage(db, patient, program, now)
     return render(request, "attendance/dosage.html", patient=patient, weeks=weeks,

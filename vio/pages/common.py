@@ -138,6 +138,11 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     return templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
+def not_found(request: Request, message: str, code: str | None = None) -> Response:
+    return render(request, "message.html", status_code=404, title="Not found", message=message,
+                  code=code)
+
+
 StaffPage = Callable[[Request, AsyncSession, Viewer], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 

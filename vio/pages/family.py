@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from vio import clinic, family
 from vio.models import Consent, ConsentKind, FamilyInvite, FamilyMember, Patient, Session
-from vio.pages.common import Viewer, checked_form, render, staff_page, state
+from vio.pages.common import Viewer, checked_form, not_found, render, staff_page, state
 from vio.pages.staff import session_for_staff
 from vio.protocol import NAME_MAX_CHARS
 
@@ -94,8 +94,7 @@ async def family_and_consents(request: Request, db: AsyncSession, viewer: Viewer
     app = state(request)
     patient = await _patient(db, viewer, request.path_params["patient_id"])
     if patient is None:
-        return render(request, "message.html", status_code=404, title="Not found",
-                      message="There is no such patient.")
+        return not_found(request, "There is no such patient.")
     now = app.clock.now()
     error = None
     if request.method == "POST":
@@ -168,8 +167,7 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer) ->
     app = state(request)
     session = await session_for_staff(db, viewer, request.path_params["session_id"])
     if session is None:
-        return render(request, "message.html", status_code=404, title="Not found",
-                      message="There is no such session, or it is not yours.")
+        return not_found(request, "There is no such session, or it is not yours.")
     now = app.clock.now()
     error = link = None
     if request.method == "POST":

@@ -15,6 +15,7 @@ from vio.pages.common import (
     ViewerRole,
     checked_form,
     current_viewer,
+    not_found,
     render,
     room_ticket,
     state,
@@ -37,8 +38,7 @@ async def room_page(request: Request) -> Response:
                       message="Open the personal link your care team sent you, or sign in, "
                               "to join this session.", code="not-signed-in")
     if session is None:
-        return render(request, "message.html", status_code=404, title="Not found",
-                      message="We can't find this session.", code="no-such-session")
+        return not_found(request, "We can't find this session.", "no-such-session")
     if viewer.family_invite_id is not None:
         async with app.db() as db:
             invite = await db.get(FamilyInvite, viewer.family_invite_id)

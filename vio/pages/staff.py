@@ -31,7 +31,15 @@ from vio.models import (
     WaitingRoomPolicy,
     default_room_name,
 )
-from vio.pages.common import Viewer, ViewerRole, checked_form, render, staff_page, state
+from vio.pages.common import (
+    Viewer,
+    ViewerRole,
+    checked_form,
+    not_found,
+    render,
+    staff_page,
+    state,
+)
 
 
 def _program_day_bounds(program: Program, day: date) -> tuple[datetime, datetime]:
@@ -136,8 +144,7 @@ async def patient_edit(request: Request, db: AsyncSession, viewer: Viewer) -> Re
     else:
         patient = await db.get(Patient, patient_id)
         if patient is None or patient.program_id != program.id:
-            return render(request, "message.html", status_code=404, title="Not found",
-                          message="There is no such patient.")
+            return not_found(request, "There is no such patient.")
     link = None
     error = None
     if request.method == "POST":
@@ -207,8 +214,7 @@ async def group_detail(request: Request, db: AsyncSession, viewer: Viewer) -> Re
     program = await _program(db, viewer)
     group = await db.get(Group, request.path_params["group_id"])
     if group is None or group.program_id != program.id:
-        return render(request, "message.html", status_code=404, title="Not found",
-                      message="There is no such group.")
+        return not_found(request, "There is no such group.")
     app = state(request)
     error = None
     if request.method == "POST":

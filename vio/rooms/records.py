@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vio import clinic, family
+from vio.clock import Clock
 from vio.errors import Refusal
 from vio.identity import Viewer, ViewerRole
 from vio.models import (
@@ -24,7 +25,7 @@ from vio.models import (
     SessionStatus,
 )
 from vio.rooms.admission import Person, Role, SessionFacts
-from vio.rooms.room import RoomEvent
+from vio.rooms.room import RoomEvent, RoomStore
 
 # Consents a patient needs, by kind of session (DESIGN.md "Consent").
 NEEDED_CONSENTS = {
@@ -147,3 +148,33 @@ async def extend(db: AsyncSession, session_id: int, minutes: int) -> datetime | 
     session.extended_minutes += minutes
     await db.commit()
     return session.ends_at
+
+
+class DatabaseRoomStore(RoomStore):
+    """A room's store: each write in its own transaction, committed before the room goes on."""
+
+    def __init__(self, db: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def audit(self, actor: str, action: str, target: str, **detail: object) -> None:
+        async with self.db() as session:
+            await clinic.audit(session, self.clock.now(), actor, action, target, **detail)
+            await session.commit()
+
+    async def set_status(self, session_id: int, status: SessionStatus) -> None:
+        async with self.db() as session:
+            await set_status(session, session_id, status)
+
+    async def extend(self, session_id: int, minutes: int) -> datetime | None:
+        async with self.db() as session:
+            return await extend(session, session_id, minutes)
+
+    async def record(self, session_id: int, event: RoomEvent) -> None:
+        async with self.db() as session:
+            await append_event(session, session_id, self.clock.now(), event)
+
+    async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
+        async with self.db() as session:
+            return await safety_card(session, session_id, patient_id, actor,
+                                             self.clock.now())

@@ -18,7 +18,7 @@ from typing import Any
 from vio.clock import Clock
 from vio.errors import BadMessage, Dropped, NotAllowed, Refusal
 from vio.media import MediaError, MediaRouter, MediaState, TrackInfo
-from vio.models import AttendanceKind, SessionStatus
+from vio.models import AttendanceKind, SessionStatus, WaitingRoomPolicy
 from vio.protocol import ClientMessage, message
 from vio.rooms.admission import Person, Role, RoomView, SessionFacts, admission, goes_straight_in
 from vio.rooms.outbox import Outbox
@@ -153,25 +153,22 @@ class Room:
     async def join(self, person: Person, outbox: Outbox, facts: SessionFacts,
                    name: str | None = None) -> Participant:
         """Admit ``person`` to the room or its waiting room, or raise ``Refusal``."""
-        self.facts = replace(facts, ends_at=self.facts.ends_at, status=self.facts.status) \
-            if self.facts.session_id == facts.session_id else facts
+        # The records may have changed (roster, consents, invites); the room's own clock and
+        # status stay the room's.
+        self.facts = replace(facts, ends_at=self.facts.ends_at, status=self.facts.status)
         now = self.clock.now()
         join_early = timedelta(minutes=self.settings.join_early_minutes)
         view = self.view(now)
         admission(person, self.facts, view, now, join_early)
-        for old in [*self.participants.values(), *self.waiting.values()]:
-            if old.person.identity == person.identity and person.role is Role.FAMILY \
-                    and old.person.device != person.device:
+        old = next((p for p in [*self.participants.values(), *self.waiting.values()]
+                    if p.person.identity == person.identity), None)
+        if old is not None:
+            if person.role is Role.FAMILY and old.person.device != person.device:
                 raise Refusal("invite-in-use",
                               "This invitation is already in use on another device.")
-        for old in [*self.participants.values(), *self.waiting.values()]:
-            if old.person.identity == person.identity:
-                old.outbox.close(Dropped("replaced", "You joined from another window."))
-                self._forget(old)
-                view = replace(view, reconnecting=view.reconnecting | {person.identity})
-                if old.admitted:
-                    self.broadcast(message("participant-left", participant_id=old.id))
-                    await self.media.remove_participant(old.id)
+            old.outbox.close(Dropped("replaced", "You joined from another window."))
+            await self.leave(old, dropped=True)
+            view = replace(view, reconnecting=view.reconnecting | {person.identity})
         shown = name if person.role is Role.FAMILY and name else person.name
         participant = Participant(id=f"p-{secrets.token_hex(6)}", person=person, name=shown,
                                   outbox=outbox, arrived_at=now)
@@ -206,7 +203,7 @@ class Room:
                         exclude=participant)
         if participant.is_therapist:
             self.send_waiting_list()
-            if self.facts.waiting_room.value == "auto-with-therapist":
+            if self.facts.waiting_room is WaitingRoomPolicy.AUTO_WITH_THERAPIST:
                 for waiting in [w for w in self.waiting.values() if w.person.role is Role.PATIENT]:
                     del self.waiting[waiting.id]
                     await self.enter(waiting)

@@ -12,58 +12,25 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from vio.clock import Clock
 from vio.errors import BadMessage, Dropped, NotAllowed, Refusal, VioError, close_code
 from vio.media import MediaRouter
-from vio.models import SessionStatus
 from vio.pages.common import current_viewer, state, viewer_from_ticket
 from vio.protocol import message, parse
 from vio.rooms import dispatch, records
 from vio.rooms.admission import Person, RoomView, SessionFacts, admission
 from vio.rooms.outbox import Outbox
-from vio.rooms.room import Participant, Room, RoomEvent, RoomStore
+from vio.rooms.room import Participant, Room, RoomStore
 from vio.settings import Settings
 
 log = logging.getLogger(__name__)
 
 NO_ROOM = RoomView(removed=frozenset(), locked=False, ended=False, occupancy=0, capacity=1,
                    therapist_present=False, reconnecting=frozenset())
-
-
-class DatabaseRoomStore(RoomStore):
-    def __init__(self, db: async_sessionmaker[AsyncSession], clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
-
-    async def audit(self, actor: str, action: str, target: str, **detail: object) -> None:
-        from vio import clinic
-
-        async with self.db() as session:
-            await clinic.audit(session, self.clock.now(), actor, action, target, **detail)
-            await session.commit()
-
-    async def set_status(self, session_id: int, status: SessionStatus) -> None:
-        async with self.db() as session:
-            await records.set_status(session, session_id, status)
-
-    async def extend(self, session_id: int, minutes: int) -> datetime | None:
-        async with self.db() as session:
-            return await records.extend(session, session_id, minutes)
-
-    async def record(self, session_id: int, event: RoomEvent) -> None:
-        async with self.db() as session:
-            await records.append_event(session, session_id, self.clock.now(), event)
-
-    async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
-        async with self.db() as session:
-            return await records.safety_card(session, session_id, patient_id, actor,
-                                             self.clock.now())
 
 
 class RoomDirectory:
