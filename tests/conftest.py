@@ -128,7 +128,7 @@ class LiveServer:
         self.app = create_app(settings, clock=clock)
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, host="127.0.0.1", port=0, log_level="warning",
-            ws_max_size=settings.ws_max_message_bytes * 4, lifespan="on"))
+            ws_max_size=settings.ws_frame_cap_bytes, lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:

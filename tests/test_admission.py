@@ -1,12 +1,21 @@
 """The admission rules as pure functions: no socket, no event loop."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from vio.errors import Refusal
 from vio.models import SessionKind, SessionStatus, WaitingRoomPolicy
-from vio.rooms.admission import Person, Role, RoomView, SessionFacts, admission, goes_straight_in
+from vio.rooms.admission import (
+    InviteFacts,
+    Person,
+    Role,
+    RoomView,
+    SessionFacts,
+    admission,
+    goes_straight_in,
+)
 
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)  # 6:00 PM in Chicago
 FACTS = SessionFacts(
@@ -56,7 +65,7 @@ def test_each_refusal(kwargs, code):
 
 def test_too_early_says_when_the_room_opens():
     refusal = refused(now=START - timedelta(minutes=27))
-    assert refusal.message == "Your session opens at 5:45 PM, in 12 minutes."
+    assert refusal.message == "Your session opens at 5:45 PM CST, in 12 minutes."
 
 
 def test_the_window_opens_early_and_closes_at_the_end():
@@ -90,10 +99,39 @@ def test_waiting_room_policy(policy, therapist_present, straight_in):
     assert goes_straight_in(THERAPIST, facts, room)
 
 
+FAMILY = Person("family-invite:1", Role.FAMILY, "Angela", family_invite_id=1,
+                family_member_id=5)
+INVITE = InviteFacts(family_member_id=5, expires_at=FACTS.ends_at, revoked=False,
+                     consent_active=True)
+
+
+def _with_invite(**changes):
+    return FACTS.__class__(**{**FACTS.__dict__, "invites": {1: replace(INVITE, **changes)}})
+
+
 def test_family_members_always_wait():
-    family = Person("family-invite:1", Role.FAMILY, "Angela", family_member_id=5)
-    facts = FACTS.__class__(**{**FACTS.__dict__, "waiting_room": WaitingRoomPolicy.OPEN,
-                               "invited_family_ids": frozenset({5})})
+    family = FAMILY
+    facts = FACTS.__class__(**{**_with_invite().__dict__, "waiting_room": WaitingRoomPolicy.OPEN})
     admission(family, facts, ROOM, NOW, EARLY)
     assert not goes_straight_in(family, facts, RoomView(**{**ROOM.__dict__,
                                                            "therapist_present": True}))
+
+
+@pytest.mark.parametrize(("facts", "now", "code"), [
+    (FACTS, NOW, "wrong-session"),
+    (_with_invite(family_member_id=6), NOW, "wrong-session"),
+    (_with_invite(revoked=True), NOW, "invite-revoked"),
+    (_with_invite(consent_active=False), NOW, "consent-revoked"),
+    (_with_invite(expires_at=NOW - timedelta(minutes=1)), NOW, "invite-expired"),
+    (_with_invite(), FACTS.ends_at, "session-ended"),
+    (_with_invite(), START - timedelta(minutes=30), "too-early"),
+])
+def test_each_family_invite_refusal(facts, now, code):
+    assert refused(person=FAMILY, facts=facts, now=now).code == code
+
+
+def test_capacity_counts_people_not_connections():
+    full = RoomView(**{**ROOM.__dict__, "occupancy": 3, "present": frozenset({"patient:1"})})
+    admission(PATIENT, FACTS, full, NOW, EARLY)  # her other window already holds her place
+    locked = RoomView(**{**ROOM.__dict__, "locked": True, "present": frozenset({"patient:1"})})
+    admission(PATIENT, FACTS, locked, NOW, EARLY)

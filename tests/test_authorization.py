@@ -15,7 +15,7 @@ from vio import clinic
 from vio.app import create_app
 from vio.demo import ROSTER
 from vio.models import Patient, StaffRole, StaffUser
-from vio.protocol import MODERATOR_MESSAGES
+from vio.protocol import CLIENT_MESSAGES, MODERATOR_MESSAGES
 from vio.security import Signer, hash_password
 
 ROLES = ["anonymous", "patient", "unassigned-therapist", "assigned-therapist", "admin"]
@@ -33,8 +33,7 @@ async def unassigned_therapist(db, demo):
 
 def command(kind: str, target: str) -> dict:
     fields = {"type": kind}
-    if kind in ("admit", "deny", "mute", "stop-video", "remove", "safety-card", "side-room",
-                "main-room"):
+    if "participant_id" in CLIENT_MESSAGES[kind]:
         fields["participant_id"] = target
     if kind == "remove":
         fields["reason"] = "testing"

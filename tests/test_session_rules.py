@@ -83,7 +83,8 @@ def place(live_server, db, live_settings, clock):
 
 
 def room_of(server: LiveServer, session_id: int):
-    return server.app.state.rooms.rooms.get(session_id)
+    live = server.app.state.rooms.rooms.get(session_id)
+    return None if live is None else live.room
 
 
 # --- refusals ---------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from vio.db import create_engine, session_factory
 from vio.media import MediaConfig, MediaRouter, announce_host_addresses
 from vio.pages import attendance, auth, family, public, room, staff
 from vio.pages.common import WEB, AppState, render
+from vio.rooms.directory import RoomDirectory
 from vio.rooms.records import DatabaseRoomStore
-from vio.rooms.signaling import RoomDirectory
 from vio.security import LoginThrottle, Signer
 from vio.settings import Settings
 

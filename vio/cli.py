@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(therapist sign-in: therapist@demo.vio / demo-therapist; "
               f"patient links: `vio demo-links --json`)", flush=True)
     uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level="info", ws_max_size=settings.ws_max_message_bytes)
+                log_level="info", ws_max_size=settings.ws_frame_cap_bytes)
     return 0
 
 
@@ -136,7 +136,7 @@ def cmd_invite_create(args: argparse.Namespace) -> int:
     try:
         print(asyncio.run(_invite(settings, args.session, args.family_member)))
     except InviteRefused as refused:
-        print(f"vio invite: {refused}", file=sys.stderr)
+        print(f"vio invite: {refused.message}", file=sys.stderr)
         return 1
     return 0
 

@@ -18,12 +18,17 @@ from sqlalchemy.ext.asyncio import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets foreign keys and a write-ahead log."""
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    if url.startswith("sqlite"):
+    sqlite = url.startswith("sqlite")
+    engine = create_async_engine(
+        url, pool_pre_ping=not sqlite,
+        # A writer waits for another's commit instead of failing with "database is locked".
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {})
+    if sqlite:
         path = url.split(":///", 1)[1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@
 An invite link carries ``{invite id}.{secret}``; the secret is 192 random bits and only its hash
 is kept. It expires at the end of its session and dies at once when revoked or when the patient's
 family-disclosure consent for that person is revoked.
+
+The sentences of every problem are the refusals' own (``vio.errors.REFUSAL_TEXT``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vio import clinic
+from vio.errors import REFUSAL_TEXT
+from vio.errors import InviteRefused as InviteRefused
 from vio.models import (
     Consent,
     ConsentKind,
@@ -29,10 +33,6 @@ from vio.security import new_secret, same_secret, secret_hash
 FAMILY_KINDS = (SessionKind.FAMILY, SessionKind.MULTI_FAMILY)
 
 
-class InviteRefused(ValueError):
-    """An invite cannot be issued; the message says why, for staff."""
-
-
 class InviteProblem(enum.StrEnum):
     MALFORMED = "invite-malformed"
     UNKNOWN = "invite-unknown"
@@ -44,18 +44,7 @@ class InviteProblem(enum.StrEnum):
     SESSION_ENDED = "session-ended"
 
 
-# Neutral wording: a lobby or invite never says what the program treats.
-INVITE_PROBLEM_TEXT = {
-    InviteProblem.MALFORMED: "This link is not complete. Please copy the whole link and try again.",
-    InviteProblem.UNKNOWN: "We don't recognise this link. Please ask the person who invited you "
-                           "for a new one.",
-    InviteProblem.EXPIRED: "This invitation has expired.",
-    InviteProblem.REVOKED: "This invitation has been withdrawn.",
-    InviteProblem.CONSENT_REVOKED: "This invitation is no longer valid.",
-    InviteProblem.WRONG_SESSION: "This invitation is for a different session.",
-    InviteProblem.TOO_EARLY: "The session has not opened yet.",
-    InviteProblem.SESSION_ENDED: "This session has ended.",
-}
+INVITE_PROBLEM_TEXT = {problem: REFUSAL_TEXT[problem.value] for problem in InviteProblem}
 
 
 @dataclass(frozen=True)

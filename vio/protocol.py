@@ -32,6 +32,8 @@ CLIENT_MESSAGES: dict[str, FieldSpec] = {
     "deny": {"participant_id": (str, True)},
     "admit-all": {},
     "mute": {"participant_id": (str, True)},
+    "lock-mic": {"participant_id": (str, True)},
+    "unlock-mic": {"participant_id": (str, True)},
     "stop-video": {"participant_id": (str, True)},
     "remove": {"participant_id": (str, True), "reason": (str, True)},
     "lock": {},
@@ -46,12 +48,12 @@ CLIENT_MESSAGES: dict[str, FieldSpec] = {
 SERVER_MESSAGES = (
     "welcome", "waiting", "offer", "participant-joined", "participant-left", "waiting-list",
     "speaking", "media-state", "moderated", "chat", "time", "warning", "pong", "error",
-    "refused", "ended", "room-state", "safety-card", "side-room",
+    "refused", "ended", "room-state", "safety-card", "side-room", "side-room-state",
 )
 
 MODERATOR_MESSAGES = frozenset({
-    "admit", "deny", "admit-all", "mute", "stop-video", "remove", "lock", "unlock", "extend",
-    "end", "safety-card", "side-room", "main-room",
+    "admit", "deny", "admit-all", "mute", "lock-mic", "unlock-mic", "stop-video", "remove",
+    "lock", "unlock", "extend", "end", "safety-card", "side-room", "main-room",
 })
 
 

@@ -160,6 +160,11 @@ class Settings:
     ws_max_message_bytes: int = setting(
         "VIO_WS_MAX_MESSAGE_BYTES", 65536, _int(1024, 1 << 20),
         "Largest signaling message a client may send.")
+    @property
+    def ws_frame_cap_bytes(self) -> int:
+        """Frames above the message limit get ``message-too-large`` up to this; above, 1009."""
+        return 4 * self.ws_max_message_bytes
+
     ws_send_queue: int = setting(
         "VIO_WS_SEND_QUEUE", 64, _int(4, 10000),
         "Messages queued for one client before it is dropped as too slow.")

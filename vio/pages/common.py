@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,12 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from vio import identity
 from vio.clock import Clock
 from vio.identity import ANONYMOUS as ANONYMOUS
+from vio.identity import ROOM_TICKET_NAMESPACE as ROOM_TICKET_NAMESPACE
 from vio.identity import Viewer as Viewer
 from vio.identity import ViewerRole as ViewerRole
-from vio.models import Patient, StaffRole, StaffUser
 from vio.security import LoginThrottle, Signer, csrf_ok, new_csrf_token
 from vio.settings import Settings
 
@@ -49,71 +49,22 @@ def state(conn: HTTPConnection) -> AppState:
 
 async def current_viewer(conn: HTTPConnection, db: AsyncSession) -> Viewer:
     """The signed-in person, after the idle sign-out rule for staff."""
-    cookie = conn.session
     app = state(conn)
-    staff_id = cookie.get("staff_id")
-    if isinstance(staff_id, int):
-        idle_limit = app.settings.idle_logoff_minutes * 60
-        seen = cookie.get("seen")
-        if not isinstance(seen, (int, float)) or time.time() - seen > idle_limit:
-            cookie.clear()
-            return ANONYMOUS
-        staff = await db.get(StaffUser, staff_id)
-        if staff is None or not staff.active:
-            return ANONYMOUS
-        cookie["seen"] = int(time.time())
-        role = ViewerRole.ADMIN if staff.role is StaffRole.ADMIN else ViewerRole.THERAPIST
-        return Viewer(role, staff=staff)
-    patient_id = cookie.get("patient_id")
-    if isinstance(patient_id, int):
-        patient = await db.get(Patient, patient_id)
-        if patient is not None and patient.is_enrolled_on(app.clock.now().date()):
-            return Viewer(ViewerRole.PATIENT, patient=patient)
-        cookie.clear()
-        return ANONYMOUS
-    invite_id = cookie.get("family_invite_id")
-    if isinstance(invite_id, int):
-        return Viewer(ViewerRole.FAMILY, family_invite_id=invite_id,
-                      family_name=cookie.get("family_name"), device=cookie.get("device"))
-    return ANONYMOUS
-
-
-ROOM_TICKET_NAMESPACE = "room-ticket"
-ROOM_TICKET_MAX_AGE_SECONDS = 12 * 3600
+    return await identity.viewer_from_cookie(
+        conn.session, db, idle_logoff_minutes=app.settings.idle_logoff_minutes,
+        today=app.clock.now().date())
 
 
 def room_ticket(conn: HTTPConnection, viewer: Viewer, session_id: int) -> str:
     """A signed ticket naming who opened this room page, so each browser tab keeps its person."""
-    return state(conn).signer.sign(
-        {"who": viewer.actor, "s": session_id, "n": viewer.family_name, "d": viewer.device},
-        ROOM_TICKET_NAMESPACE)
+    return identity.room_ticket(state(conn).signer, viewer, session_id)
 
 
 async def viewer_from_ticket(conn: HTTPConnection, db: AsyncSession, ticket: str,
                              session_id: int) -> Viewer:
-    payload = state(conn).signer.unsign(ticket, ROOM_TICKET_NAMESPACE,
-                                        ROOM_TICKET_MAX_AGE_SECONDS)
-    if not isinstance(payload, dict) or payload.get("s") != session_id:
-        return ANONYMOUS
-    kind, _, raw_id = str(payload.get("who", "")).partition(":")
-    if not raw_id.isdigit():
-        return ANONYMOUS
-    if kind == "staff":
-        staff = await db.get(StaffUser, int(raw_id))
-        if staff is None or not staff.active:
-            return ANONYMOUS
-        role = ViewerRole.ADMIN if staff.role is StaffRole.ADMIN else ViewerRole.THERAPIST
-        return Viewer(role, staff=staff)
-    if kind == "patient":
-        patient = await db.get(Patient, int(raw_id))
-        if patient is not None and patient.is_enrolled_on(state(conn).clock.now().date()):
-            return Viewer(ViewerRole.PATIENT, patient=patient)
-    if kind == "family-invite":
-        name, device = payload.get("n"), payload.get("d")
-        return Viewer(ViewerRole.FAMILY, family_invite_id=int(raw_id),
-                      family_name=name if isinstance(name, str) else None,
-                      device=device if isinstance(device, str) else None)
-    return ANONYMOUS
+    app = state(conn)
+    return await identity.viewer_from_ticket(app.signer, db, ticket, session_id,
+                                             app.clock.now().date())
 
 
 def csrf_token(request: Request) -> str:

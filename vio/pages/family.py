@@ -15,6 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from vio import clinic, family
+from vio.errors import refusal
 from vio.models import Consent, ConsentKind, FamilyInvite, FamilyMember, Patient, Session
 from vio.pages.common import Viewer, checked_form, not_found, render, staff_page, state
 from vio.pages.staff import session_for_staff
@@ -144,9 +145,8 @@ async def family_and_consents(request: Request, db: AsyncSession, viewer: Viewer
                 await family.revoke_consent(db, revoked, viewer.actor, now)
                 await db.commit()
                 if revoked.family_member_id is not None:
-                    await request.app.state.rooms.remove_family_member(
-                        revoked.family_member_id, family.INVITE_PROBLEM_TEXT[
-                            family.InviteProblem.CONSENT_REVOKED])
+                    request.app.state.rooms.remove_family_member(
+                        revoked.family_member_id, refusal("consent-revoked"))
         else:
             error = "Unknown action."
         if error is None:
@@ -179,9 +179,8 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer) ->
             else:
                 await family.revoke_invite(db, invite, viewer.actor, now)
                 await db.commit()
-                await request.app.state.rooms.remove_family_member(
-                    invite.family_member_id, family.INVITE_PROBLEM_TEXT[
-                        family.InviteProblem.REVOKED])
+                request.app.state.rooms.remove_family_member(
+                    invite.family_member_id, refusal("invite-revoked"))
         else:
             raw = str(form.get("family_member_id", ""))
             member = await db.get(FamilyMember, int(raw)) if raw.isdigit() else None
@@ -191,7 +190,7 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer) ->
                 try:
                     token = await family.issue_invite(db, session, member, viewer.actor, now)
                 except family.InviteRefused as refused:
-                    error = str(refused)
+                    error = refused.message
                 else:
                     await db.commit()
                     link = f"{app.settings.public_base_url}/i/{token}"

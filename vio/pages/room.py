@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vio import clinic, family
+from vio.identity import patient_identity
 from vio.models import AttendanceKind, FamilyInvite, Session
 from vio.pages.common import (
     ViewerRole,
@@ -20,9 +21,9 @@ from vio.pages.common import (
     room_ticket,
     state,
 )
+from vio.pages.signaling import serve
 from vio.rooms import records
-from vio.rooms.room import RoomEvent
-from vio.rooms.signaling import serve
+from vio.rooms.effects import RoomEvent
 
 
 async def room_page(request: Request) -> Response:
@@ -108,7 +109,7 @@ async def check_in(request: Request) -> Response:
                 error = "Please tell us where you are right now."
             if error is None:
                 await records.append_event(db, session_id, app.clock.now(), RoomEvent(
-                    AttendanceKind.CHECKED_IN, person=f"patient:{patient.id}", role="patient",
+                    AttendanceKind.CHECKED_IN, person=patient_identity(patient.id), role="patient",
                     patient_id=patient.id, detail=detail))
                 return RedirectResponse(f"/sessions/{session_id}/room", status_code=303)
     return render(request, "check_in.html", status_code=400 if error else 200, error=error,

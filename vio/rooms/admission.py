@@ -1,9 +1,11 @@
 """Who may enter a session's room, and whether they wait first: every rule in one place.
 
 Pure functions over plain facts, checked on every join and rejoin. The order of the checks is
-the order of ``admission``: identity, belonging (roster and consents), session status, join
-window, removal, lock, capacity, and the patient's check-in for this session.
-``goes_straight_in`` then says whether the person enters the room or waits to be admitted.
+the order of ``admission``: identity, belonging (roster and consents, or a family member's
+invite and the consent naming them), session status, join window, removal, lock, capacity, and
+the patient's check-in for this session. ``goes_straight_in`` then says whether the person
+enters the room or waits to be admitted. Every refusal is a ``Refusal`` with a code from
+``docs/protocol.md`` and a sentence for the person.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from vio.errors import Refusal
+from vio.errors import Refusal, refusal
 from vio.models import SessionKind, SessionStatus, WaitingRoomPolicy
 
 
@@ -33,12 +35,23 @@ class Person:
     is_admin: bool = False
     patient_id: int | None = None
     staff_id: int | None = None
+    family_invite_id: int | None = None
     family_member_id: int | None = None
     device: str | None = None  # for family members: the browser their invite is used on
 
     @property
     def is_therapist(self) -> bool:
         return self.role is Role.THERAPIST
+
+
+@dataclass(frozen=True)
+class InviteFacts:
+    """One family invite to this session, as the records say now."""
+
+    family_member_id: int
+    expires_at: datetime
+    revoked: bool
+    consent_active: bool  # the patient's family-disclosure consent naming this person
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,8 @@ class SessionFacts:
     consented_patient_ids: frozenset[int]
     # Patients who have confirmed where they are for this session.
     checked_in_patient_ids: frozenset[int] = field(default_factory=frozenset)
-    # Family members with a valid invite to this session.
-    invited_family_ids: frozenset[int] = field(default_factory=frozenset)
+    # Every family invite to this session, by invite id (revoked and expired ones too).
+    invites: dict[int, InviteFacts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,14 +85,19 @@ class RoomView:
     removed: frozenset[str]
     locked: bool
     ended: bool
-    occupancy: int
+    occupancy: int  # people (not connections) in the room or waiting
     capacity: int
     therapist_present: bool
     reconnecting: frozenset[str]  # identities that dropped within the reconnect grace
+    present: frozenset[str] = frozenset()  # identities in the room or waiting now
+
+
+EMPTY_ROOM = RoomView(removed=frozenset(), locked=False, ended=False, occupancy=0, capacity=1,
+                      therapist_present=False, reconnecting=frozenset())
 
 
 def _local(moment: datetime, timezone: str) -> str:
-    return moment.astimezone(ZoneInfo(timezone)).strftime("%-I:%M %p")
+    return moment.astimezone(ZoneInfo(timezone)).strftime("%-I:%M %p %Z")
 
 
 def _minutes_text(delta: timedelta) -> str:
@@ -90,14 +108,7 @@ def _minutes_text(delta: timedelta) -> str:
     return f"{hours} h {rest} min" if rest else f"{hours} hour{'s' if hours != 1 else ''}"
 
 
-def admission(person: Person | None, facts: SessionFacts | None, room: RoomView,
-              now: datetime, join_early: timedelta) -> None:
-    """Raise ``Refusal`` with a code and a kind sentence, or return: the person may enter."""
-    if person is None:
-        raise Refusal("not-signed-in",
-                      "Please open your personal link again, or sign in, to join this session.")
-    if facts is None:
-        raise Refusal("no-such-session", "We can't find this session.")
+def _belongs(person: Person, facts: SessionFacts, now: datetime) -> None:
     if person.is_therapist:
         if not (person.is_admin or person.staff_id in facts.therapist_ids):
             raise Refusal("not-on-roster", "You are not one of this session's therapists.")
@@ -106,32 +117,48 @@ def admission(person: Person | None, facts: SessionFacts | None, room: RoomView,
             raise Refusal("not-on-roster",
                           "This session isn't on your schedule. Please check with your care team.")
         if person.patient_id not in facts.consented_patient_ids:
-            raise Refusal("consent-missing",
-                          "Before you can join, we need your signed consent for video sessions. "
-                          "Please contact your care team.")
-    elif person.family_member_id not in facts.invited_family_ids:
-        raise Refusal("wrong-session", "This invitation is for a different session.")
+            raise refusal("consent-missing")
+    else:
+        invite = facts.invites.get(person.family_invite_id or -1)
+        if invite is None or invite.family_member_id != person.family_member_id:
+            raise refusal("wrong-session")
+        if invite.revoked:
+            raise refusal("invite-revoked")
+        if not invite.consent_active:
+            raise refusal("consent-revoked")
+        if facts.status is not SessionStatus.ENDED and now < facts.ends_at and (
+                now >= invite.expires_at or facts.status is SessionStatus.CANCELLED):
+            raise refusal("invite-expired")
 
+
+def admission(person: Person | None, facts: SessionFacts | None, room: RoomView,
+              now: datetime, join_early: timedelta) -> None:
+    """Raise ``Refusal`` with a code and a kind sentence, or return: the person may enter."""
+    if person is None:
+        raise refusal("not-signed-in")
+    if facts is None:
+        raise refusal("no-such-session")
+    _belongs(person, facts, now)
     if facts.status is SessionStatus.CANCELLED:
-        raise Refusal("session-cancelled", "This session was cancelled.")
+        raise refusal("session-cancelled")
     if facts.status is SessionStatus.ENDED or room.ended or now >= facts.ends_at:
-        raise Refusal("session-ended", "This session has ended.")
+        raise refusal("session-ended")
     opens_at = facts.starts_at - join_early
     if now < opens_at:
         raise Refusal("too-early",
                       f"Your session opens at {_local(opens_at, facts.timezone)}, "
                       f"in {_minutes_text(opens_at - now)}.")
     if person.identity in room.removed:
-        raise Refusal("removed", "A therapist has removed you from this session.")
-    if room.locked and not person.is_therapist and person.identity not in room.reconnecting:
-        raise Refusal("room-locked",
-                      "The therapist has closed this session to newcomers. "
-                      "Please contact your care team.")
-    if room.occupancy >= room.capacity and not person.is_therapist:
-        raise Refusal("room-full", "This session is full right now.")
+        raise refusal("removed")
+    returning = person.identity in room.reconnecting or person.identity in room.present
+    if room.locked and not person.is_therapist and not returning:
+        raise refusal("room-locked")
+    # Capacity counts people: someone already here (another window) takes no second place.
+    if room.occupancy >= room.capacity and not person.is_therapist \
+            and person.identity not in room.present:
+        raise refusal("room-full")
     if person.role is Role.PATIENT and person.patient_id not in facts.checked_in_patient_ids:
-        raise Refusal("check-in-needed",
-                      "Please confirm where you are right now before joining.")
+        raise refusal("check-in-needed")
 
 
 def goes_straight_in(person: Person, facts: SessionFacts, room: RoomView) -> bool:

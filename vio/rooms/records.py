@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -10,22 +11,30 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vio import clinic, family
 from vio.clock import Clock
-from vio.errors import Refusal
-from vio.identity import Viewer, ViewerRole
+from vio.errors import refusal
+from vio.identity import (
+    Viewer,
+    ViewerRole,
+    family_invite_identity,
+    patient_identity,
+    staff_identity,
+)
 from vio.models import (
     AttendanceEvent,
     AttendanceKind,
     Consent,
     ConsentKind,
     FamilyInvite,
+    FamilyMember,
     Patient,
     Program,
     Session,
     SessionKind,
     SessionStatus,
 )
-from vio.rooms.admission import Person, Role, SessionFacts
-from vio.rooms.room import RoomEvent, RoomStore
+from vio.rooms.admission import InviteFacts, Person, Role, SessionFacts
+from vio.rooms.effects import RoomEvent
+from vio.rooms.live import RoomStore
 
 # Consents a patient needs, by kind of session (DESIGN.md "Consent").
 NEEDED_CONSENTS = {
@@ -36,32 +45,43 @@ NEEDED_CONSENTS = {
 }
 
 
-async def person_for(db: AsyncSession, viewer: Viewer, session_id: int, now: datetime,
-                     join_early_minutes: int) -> Person | None:
-    """The person behind a viewer; a family member's invite is checked here, exactly."""
+async def person_for(db: AsyncSession, viewer: Viewer) -> Person | None:
+    """The person behind a viewer (None: nobody signed in). Admission checks the rest."""
     if viewer.family_invite_id is not None:
         invite = await db.get(FamilyInvite, viewer.family_invite_id)
-        if invite is None:
-            return None
-        checked = await family.check_invite_record(db, invite, now, join_early_minutes,
-                                                   session_id)
-        if isinstance(checked, family.InviteProblem):
-            raise Refusal(checked.value, family.INVITE_PROBLEM_TEXT[checked])
-        return Person(identity=f"family-invite:{invite.id}", role=Role.FAMILY,
-                      name=viewer.family_name or checked.member.name,
-                      family_member_id=checked.member.id, device=viewer.device)
+        member = None if invite is None else await db.get(FamilyMember, invite.family_member_id)
+        if invite is None or member is None:
+            raise refusal("invite-unknown")
+        return Person(identity=family_invite_identity(invite.id), role=Role.FAMILY,
+                      name=viewer.family_name or member.name, family_invite_id=invite.id,
+                      family_member_id=member.id, device=viewer.device)
     return staff_or_patient(viewer)
 
 
 def staff_or_patient(viewer: Viewer) -> Person | None:
     if viewer.staff is not None:
-        return Person(identity=f"staff:{viewer.staff.id}", role=Role.THERAPIST,
+        return Person(identity=staff_identity(viewer.staff.id), role=Role.THERAPIST,
                       name=viewer.staff.name, is_admin=viewer.role is ViewerRole.ADMIN,
                       staff_id=viewer.staff.id)
     if viewer.patient is not None:
-        return Person(identity=f"patient:{viewer.patient.id}", role=Role.PATIENT,
+        return Person(identity=patient_identity(viewer.patient.id), role=Role.PATIENT,
                       name=viewer.patient.display_name, patient_id=viewer.patient.id)
     return None
+
+
+async def _invites(db: AsyncSession, session_id: int, now: datetime) -> dict[int, InviteFacts]:
+    invites = (await db.execute(select(FamilyInvite).where(
+        FamilyInvite.session_id == session_id))).scalars().all()
+    facts = {}
+    for invite in invites:
+        member = await db.get(FamilyMember, invite.family_member_id)
+        consent = None if member is None else await family.active_disclosure_consent(
+            db, member, now)
+        facts[invite.id] = InviteFacts(family_member_id=invite.family_member_id,
+                                       expires_at=invite.expires_at,
+                                       revoked=invite.revoked_at is not None,
+                                       consent_active=consent is not None)
+    return facts
 
 
 async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> SessionFacts | None:
@@ -83,10 +103,6 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
     consented = frozenset(
         p.id for p in members
         if needed <= {c.kind for c in consents if c.patient_id == p.id and c.active_at(now)})
-    invites = (await db.execute(select(FamilyInvite).where(
-        FamilyInvite.session_id == session.id, FamilyInvite.revoked_at.is_(None),
-        FamilyInvite.expires_at > now))).scalars().all()
-    invited = frozenset(i.family_member_id for i in invites)
     checked_in = frozenset((await db.execute(select(AttendanceEvent.patient_id).where(
         AttendanceEvent.session_id == session.id,
         AttendanceEvent.kind == AttendanceKind.CHECKED_IN))).scalars())
@@ -97,7 +113,7 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
         therapist_ids=frozenset(await clinic.session_therapist_ids(db, session.id)),
         patient_ids=frozenset(p.id for p in members), consented_patient_ids=consented,
         checked_in_patient_ids=frozenset(i for i in checked_in if i is not None),
-        invited_family_ids=invited)
+        invites=await _invites(db, session.id, now))
 
 
 async def append_event(db: AsyncSession, session_id: int, at: datetime, event: RoomEvent) -> None:
@@ -125,7 +141,7 @@ async def safety_card(db: AsyncSession, session_id: int, patient_id: int, actor:
     program = await db.get(Program, patient.program_id)
     assert program is not None
     check_in = await latest_check_in(db, session_id, patient_id)
-    await clinic.audit(db, now, actor, "safety-card-view", f"patient:{patient_id}",
+    await clinic.audit(db, now, actor, "safety-card-view", patient_identity(patient_id),
                        session=session_id)
     await db.commit()
     return {"location": check_in, "usual_location": patient.usual_location,
@@ -151,30 +167,35 @@ async def extend(db: AsyncSession, session_id: int, minutes: int) -> datetime | 
 
 
 class DatabaseRoomStore(RoomStore):
-    """A room's store: each write in its own transaction, committed before the room goes on."""
+    """The rooms' store: each write in its own transaction, committed before the room goes on.
+
+    Writes from every room of the process go one at a time (``_writing``): on SQLite a storm
+    of joins then queues here instead of failing with "database is locked".
+    """
 
     def __init__(self, db: async_sessionmaker[AsyncSession], clock: Clock) -> None:
         self.db = db
         self.clock = clock
+        self._writing = asyncio.Lock()
 
     async def audit(self, actor: str, action: str, target: str, **detail: object) -> None:
-        async with self.db() as session:
+        async with self._writing, self.db() as session:
             await clinic.audit(session, self.clock.now(), actor, action, target, **detail)
             await session.commit()
 
     async def set_status(self, session_id: int, status: SessionStatus) -> None:
-        async with self.db() as session:
+        async with self._writing, self.db() as session:
             await set_status(session, session_id, status)
 
     async def extend(self, session_id: int, minutes: int) -> datetime | None:
-        async with self.db() as session:
+        async with self._writing, self.db() as session:
             return await extend(session, session_id, minutes)
 
     async def record(self, session_id: int, event: RoomEvent) -> None:
-        async with self.db() as session:
+        async with self._writing, self.db() as session:
             await append_event(session, session_id, self.clock.now(), event)
 
     async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
-        async with self.db() as session:
+        async with self._writing, self.db() as session:
             return await safety_card(session, session_id, patient_id, actor,
                                              self.clock.now())

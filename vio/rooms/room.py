@@ -1,381 +1,546 @@
-"""One live session's room: its participants, waiting room, moderation, clock and media.
+"""One live session's room as a state machine: participants, waiting room, moderation, clock.
 
-A ``Room`` is the only owner of that state. Checks and changes happen without an ``await`` in
-between, so no lock is needed; media and database work come after the state has changed.
+A ``Room`` is the only owner of that state. Every transition is a plain method: it checks,
+changes state and returns the effects to carry out (``vio.rooms.effects``), with no ``await``
+anywhere, so no lock is needed and no caller can see a half-made change. ``vio.rooms.live``
+carries the effects out in order (records, audit, sends, media).
+
+Invariants (``tests/test_room.py`` checks them under random storms):
+
+* one seat per person: a person has at most one connection in the room or its waiting room; a
+  newer connection replaces the older at once (which is closed with ``replaced``);
+* occupancy counts people; it never exceeds the capacity, except for therapists, who always
+  get in;
+* every participant seated or waiting has a live connection: a connection that closes, for any
+  reason, leaves the room in the same step;
+* when the room ends, everyone has left it, and the attendance log says so.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from vio.clock import Clock
-from vio.errors import BadMessage, Dropped, NotAllowed, Refusal
-from vio.media import MediaError, MediaRouter, MediaState, TrackInfo
+from vio.errors import Dropped, NotAllowed, Refusal, VioError, refusal
 from vio.models import AttendanceKind, SessionStatus, WaitingRoomPolicy
-from vio.protocol import ClientMessage, message
+from vio.protocol import message
 from vio.rooms.admission import Person, Role, RoomView, SessionFacts, admission, goes_straight_in
+from vio.rooms.effects import (
+    AcceptAnswer,
+    AddMedia,
+    Audit,
+    Close,
+    CloseMedia,
+    Effect,
+    Record,
+    RemoveMedia,
+    RoomClosed,
+    RoomEvent,
+    SaveExtension,
+    SaveStatus,
+    Send,
+    SetForwarding,
+    SetSpace,
+    ShowSafetyCard,
+)
 from vio.rooms.outbox import Outbox
 from vio.settings import Settings
 
-log = logging.getLogger(__name__)
+__all__ = ["Participant", "Room", "RoomEvent"]
 
 # How late a warning may still be sent (a room that opens 5 minutes before the end skips "10").
 WARNING_TOLERANCE = timedelta(minutes=1)
-
-
-class RoomStore:
-    """What a room writes to the records. The base class writes nothing (used by pure tests)."""
-
-    async def audit(self, actor: str, action: str, target: str, **detail: Any) -> None:
-        return None
-
-    async def set_status(self, session_id: int, status: SessionStatus) -> None:
-        return None
-
-    async def extend(self, session_id: int, minutes: int) -> datetime | None:
-        return None
-
-    async def record(self, session_id: int, event: RoomEvent) -> None:
-        """Append an attendance event; returns once it is committed."""
-        return None
-
-    async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
-        """The patient's safety card for this session; the look is audited."""
-        return {}
-
-
-@dataclass(frozen=True)
-class RoomEvent:
-    """One attendance event as the room sees it (see ``vio.models.AttendanceEvent``)."""
-
-    kind: AttendanceKind
-    person: str | None = None
-    role: str | None = None
-    connection: str | None = None
-    patient_id: int | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def about(cls, participant: Participant, kind: AttendanceKind, **detail: Any) -> RoomEvent:
-        person = participant.person
-        return cls(kind=kind, person=person.identity, role=person.role.value,
-                   connection=participant.id, patient_id=person.patient_id, detail=detail)
+KINDS = ("audio", "video")
 
 
 @dataclass(eq=False)
 class Participant:
+    """One connection of one person, in the room (``admitted``) or its waiting room."""
+
     id: str
     person: Person
     name: str
     outbox: Outbox
     arrived_at: datetime
     admitted: bool = False
-    audio: bool = True
+    audio: bool = True  # the person's own buttons, as their client last said
     video: bool = True
+    held: set[str] = field(default_factory=set)  # kinds a therapist stopped; not forwarded
+    mic_locked: bool = False  # a therapist must allow the microphone back
     space: str | None = None  # a private side room, or None for the main room
 
     @property
     def is_therapist(self) -> bool:
         return self.person.is_therapist
 
-    def send(self, msg: dict[str, Any]) -> None:
-        self.outbox.put(msg)
-
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.person.role.value,
-                "audio": self.audio, "video": self.video}
+                "audio": self.audio, "video": self.video, "mic_locked": self.mic_locked,
+                "side_room": self.space is not None}
 
 
-@dataclass
-class RoomTimers:
-    """Warning offsets still to announce, in minutes before the end."""
+def _event(participant: Participant, kind: AttendanceKind, **detail: Any) -> Record:
+    person = participant.person
+    return Record(RoomEvent(kind=kind, person=person.identity, role=person.role.value,
+                            connection=participant.id, patient_id=person.patient_id,
+                            detail=detail))
 
-    pending_warnings: list[int] = field(default_factory=list)
+
+def _minutes(n: int) -> str:
+    return f"{n} minute{'s' if n != 1 else ''}"
 
 
 class Room:
-    def __init__(self, facts: SessionFacts, settings: Settings, clock: Clock,
-                 media: MediaRouter, store: RoomStore,
-                 on_closed: Callable[[Room], Awaitable[None]] | None = None) -> None:
+    def __init__(self, facts: SessionFacts, settings: Settings, clock: Clock) -> None:
         self.facts = facts
         self.settings = settings
         self.clock = clock
-        self.media = media
-        media.on_speaking_changed = self.speaking_changed
-        media.on_media_state_changed = self.media_state_changed
-        self.store = store
-        self._on_closed = on_closed
         self.participants: dict[str, Participant] = {}
         self.waiting: dict[str, Participant] = {}
         self.removed: set[str] = set()
         self.dropped_at: dict[str, datetime] = {}  # identity -> when their connection dropped
         self.locked = False
         self.ended = False
-        self._closed = asyncio.Event()
-        self._closing = False
-        self._timers = RoomTimers(sorted(settings.warning_minutes, reverse=True))
-        self._clock_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._last_heartbeat: datetime | None = None
-
-    # --- the rules' view of the room ------------------------------------------------------
-
-    def view(self, now: datetime) -> RoomView:
-        grace = timedelta(seconds=self.settings.reconnect_grace_seconds)
-        return RoomView(
-            removed=frozenset(self.removed), locked=self.locked, ended=self.ended,
-            occupancy=len(self.participants) + len(self.waiting),
-            capacity=self.settings.room_capacity,
-            therapist_present=any(p.is_therapist for p in self.participants.values()),
-            reconnecting=frozenset(i for i, t in self.dropped_at.items() if now - t <= grace))
-
-    @property
-    def ends_at(self) -> datetime:
-        return self.facts.ends_at
-
-    def start(self) -> None:
-        if self._clock_task is None:
-            self._clock_task = asyncio.create_task(self._run_clock(), name=f"room-{self.id}")
+        self.pending_warnings = sorted(settings.warning_minutes, reverse=True)
+        self.last_heartbeat: datetime | None = None
 
     @property
     def id(self) -> int:
         return self.facts.session_id
 
-    # --- arriving and leaving --------------------------------------------------------------
+    @property
+    def ends_at(self) -> datetime:
+        return self.facts.ends_at
 
-    async def join(self, person: Person, outbox: Outbox, facts: SessionFacts,
-                   name: str | None = None) -> Participant:
-        """Admit ``person`` to the room or its waiting room, or raise ``Refusal``."""
-        # The records may have changed (roster, consents, invites); the room's own clock and
-        # status stay the room's.
-        self.facts = replace(facts, ends_at=self.facts.ends_at, status=self.facts.status)
-        now = self.clock.now()
-        join_early = timedelta(minutes=self.settings.join_early_minutes)
-        view = self.view(now)
-        admission(person, self.facts, view, now, join_early)
-        old = next((p for p in [*self.participants.values(), *self.waiting.values()]
-                    if p.person.identity == person.identity), None)
-        if old is not None:
-            if person.role is Role.FAMILY and old.person.device != person.device:
-                raise Refusal("invite-in-use",
-                              "This invitation is already in use on another device.")
-            old.outbox.close(Dropped("replaced", "You joined from another window."))
-            await self.leave(old, dropped=True)
-            view = replace(view, reconnecting=view.reconnecting | {person.identity})
-        shown = name if person.role is Role.FAMILY and name else person.name
-        participant = Participant(id=f"p-{secrets.token_hex(6)}", person=person, name=shown,
-                                  outbox=outbox, arrived_at=now)
-        self.dropped_at.pop(person.identity, None)
-        if goes_straight_in(person, self.facts, view):
-            await self.enter(participant)
-        else:
-            self.waiting[participant.id] = participant
-            await self.store.record(self.id, RoomEvent.about(participant, AttendanceKind.WAITING))
-            participant.send(message("waiting", message="A therapist will let you in shortly."))
-            self.send_waiting_list()
-        return participant
+    # --- reading the state ----------------------------------------------------------------
 
-    async def enter(self, participant: Participant) -> None:
-        if self.facts.status is SessionStatus.SCHEDULED:
-            self.facts = replace(self.facts, status=SessionStatus.OPEN)
-            await self.store.set_status(self.id, SessionStatus.OPEN)
-        participant.admitted = True
-        self.participants[participant.id] = participant
-        await self.store.record(self.id, RoomEvent.about(participant, AttendanceKind.ADMITTED))
-        participant.send(message(
-            "welcome", you=participant.public(),
-            session={"id": self.id, "title": self.facts.title,
-                     "ends_at": self.ends_at.isoformat(),
-                     "remaining_seconds": self.remaining_seconds(), "locked": self.locked},
-            participants=[p.public() for p in self.participants.values()
-                          if p is not participant],
-            caps={"width": self.settings.publish_width, "height": self.settings.publish_height,
-                  "fps": self.settings.publish_fps,
-                  "max_bitrate": self.settings.publish_max_kbps * 1000}))
-        self.broadcast(message("participant-joined", participant=participant.public()),
-                        exclude=participant)
-        if participant.is_therapist:
-            self.send_waiting_list()
-            if self.facts.waiting_room is WaitingRoomPolicy.AUTO_WITH_THERAPIST:
-                for waiting in [w for w in self.waiting.values() if w.person.role is Role.PATIENT]:
-                    del self.waiting[waiting.id]
-                    await self.enter(waiting)
+    def everyone(self) -> list[Participant]:
+        return [*self.participants.values(), *self.waiting.values()]
 
-        async def send_offer(sdp: str, tracks: list[TrackInfo]) -> None:
-            participant.send(message("offer", sdp=sdp, tracks=[
-                {"mid": t.mid, "participant_id": t.publisher, "kind": t.kind}
-                for t in tracks]))
+    def connection_of(self, identity: str) -> Participant | None:
+        return next((p for p in self.everyone() if p.person.identity == identity), None)
 
-        await self.media.add_participant(participant.id, is_therapist=participant.is_therapist,
-                                         on_offer=send_offer)
+    def is_current(self, participant: Participant) -> bool:
+        return (self.participants.get(participant.id) is participant
+                or self.waiting.get(participant.id) is participant)
 
-    def _forget(self, participant: Participant) -> bool:
-        """Take the participant out of the room's state; True if they were in the room."""
-        if self.waiting.pop(participant.id, None) is not None:
-            self.send_waiting_list()
-        return self.participants.pop(participant.id, None) is not None
-
-    async def leave(self, participant: Participant, dropped: bool,
-                    kind: AttendanceKind | None = None, **detail: Any) -> None:
-        """The connection ended; ``dropped`` means not by the person's own choice."""
-        if self.participants.get(participant.id) is not participant \
-                and self.waiting.get(participant.id) is not participant:
-            return
-        was_in = self._forget(participant)
-        if dropped and was_in and not self.ended:
-            self.dropped_at[participant.person.identity] = self.clock.now()
-        kind = kind or (AttendanceKind.DROPPED if dropped else AttendanceKind.LEFT)
-        await self.store.record(self.id, RoomEvent.about(participant, kind, **detail))
-        if was_in:
-            self.broadcast(message("participant-left", participant_id=participant.id))
-            await self.media.remove_participant(participant.id)
-
-    async def remove_person(self, which: Callable[[Person], bool], code: str, why: str) -> int:
-        """Refuse and disconnect everyone (in the room or waiting) matching ``which``."""
-        matching = [p for p in [*self.participants.values(), *self.waiting.values()]
-                    if which(p.person)]
-        for p in matching:
-            self.removed.add(p.person.identity)
-            p.send(message("refused", code=code, message=why))
-            p.outbox.close(Refusal(code, why))
-            await self.leave(p, dropped=False, kind=AttendanceKind.REMOVED, reason=code)
-        return len(matching)
-
-    # --- messages -----------------------------------------------------------------------------
-
-    async def handle(self, participant: Participant, msg: ClientMessage) -> None:
-        """Act on one validated message from ``participant``."""
-        if msg.type == "ping":
-            participant.send(message("pong"))
-        elif not participant.admitted:
-            raise NotAllowed("waiting", "Please wait until a therapist lets you in.")
-        elif msg.type == "answer":
-            try:
-                await self.media.accept_answer(participant.id, msg["sdp"])
-            except MediaError as error:
-                raise BadMessage("bad-answer", f"The answer was not accepted: {error}") from None
-        elif msg.type == "media":
-            participant.audio, participant.video = msg["audio"], msg["video"]
-            self.broadcast(message("media-state", participant_id=participant.id,
-                                    audio=participant.audio, video=participant.video))
-        elif msg.type == "chat":
-            out = message("chat", **{"from": participant.public()}, text=msg["text"].strip(),
-                          to=msg["to"])
-            if msg["to"] == "room":
-                self.broadcast(out)
-            else:
-                for p in self.participants.values():
-                    if p.is_therapist or p is participant:
-                        p.send(out)
-
-    # --- broadcast and time -----------------------------------------------------------------
-
-    def broadcast(self, msg: dict[str, Any], exclude: Participant | None = None) -> None:
-        for p in self.participants.values():
-            if p is not exclude:
-                p.send(msg)
-
-    def send_waiting_list(self) -> None:
-        listing = message("waiting-list", waiting=[
-            {"participant_id": w.id, "name": w.name, "role": w.person.role.value,
-             "since": w.arrived_at.isoformat()} for w in self.waiting.values()])
-        for p in self.participants.values():
-            if p.is_therapist:
-                p.send(listing)
+    def view(self, now: datetime) -> RoomView:
+        grace = timedelta(seconds=self.settings.reconnect_grace_seconds)
+        present = frozenset(p.person.identity for p in self.everyone())
+        return RoomView(
+            removed=frozenset(self.removed), locked=self.locked, ended=self.ended,
+            occupancy=len({p.person.identity for p in self.everyone() if not p.is_therapist}),
+            capacity=self.settings.room_capacity,
+            therapist_present=any(p.is_therapist for p in self.participants.values()),
+            reconnecting=frozenset(i for i, t in self.dropped_at.items() if now - t <= grace),
+            present=present)
 
     def remaining_seconds(self) -> int:
         return max(0, int((self.ends_at - self.clock.now()).total_seconds()))
 
-    def speaking_changed(self, participant_ids: list[str]) -> None:
-        self.broadcast(message("speaking", participant_ids=participant_ids))
+    def _to(self, people: Iterable[Participant], msg: dict[str, Any]) -> Send:
+        return Send(tuple(p.outbox for p in people), msg)
 
-    def media_state_changed(self, participant_id: str, state: MediaState) -> None:
+    def _broadcast(self, msg: dict[str, Any], exclude: Participant | None = None) -> Send:
+        return self._to((p for p in self.participants.values() if p is not exclude), msg)
+
+    def _waiting_list(self) -> Send:
+        listing = message("waiting-list", waiting=[
+            {"participant_id": w.id, "name": w.name, "role": w.person.role.value,
+             "since": w.arrived_at.isoformat()} for w in self.waiting.values()])
+        return self._to((p for p in self.participants.values() if p.is_therapist), listing)
+
+    # --- arriving ---------------------------------------------------------------------------
+
+    def join(self, person: Person, outbox: Outbox, facts: SessionFacts,
+             name: str | None = None) -> tuple[Participant, list[Effect]]:
+        """Seat ``person`` in the room or its waiting room, or raise ``Refusal``.
+
+        A person already here on another connection keeps their place: the new connection
+        takes it over and the old one is closed with ``replaced``.
+        """
+        if outbox.closing is not None:
+            raise outbox.closing
+        # The records may have changed (roster, consents, invites); the room's own clock and
+        # status stay the room's.
+        self.facts = replace(facts, ends_at=self.facts.ends_at, status=self.facts.status)
+        now = self.clock.now()
+        view = self.view(now)
+        early = timedelta(minutes=self.settings.join_early_minutes)
+        admission(person, self.facts, view, now, early)
+        effects: list[Effect] = []
+        old = self.connection_of(person.identity)
+        straight_in = goes_straight_in(person, self.facts, view)
+        if old is not None:
+            if person.role is Role.FAMILY and old.person.device != person.device:
+                raise refusal("invite-in-use")
+            straight_in = straight_in or old.admitted
+            effects += self._depart(old, AttendanceKind.DROPPED,
+                                    Dropped("replaced", "You joined from another window."),
+                                    reason="replaced")
+        self.dropped_at.pop(person.identity, None)
+        shown = name if person.role is Role.FAMILY and name else person.name
+        participant = Participant(id=f"p-{secrets.token_hex(6)}", person=person, name=shown,
+                                  outbox=outbox, arrived_at=now)
+        if straight_in:
+            effects += self._seat(participant)
+        else:
+            self.waiting[participant.id] = participant
+            effects += [_event(participant, AttendanceKind.WAITING),
+                        self._to([participant], message(
+                            "waiting", message="A therapist will let you in shortly.",
+                            session=self._session_summary())),
+                        self._waiting_list()]
+        return participant, effects
+
+    def _session_summary(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.facts.title, "starts_at":
+                self.facts.starts_at.isoformat(), "ends_at": self.ends_at.isoformat(),
+                "timezone": self.facts.timezone,
+                "therapist_present": any(p.is_therapist for p in self.participants.values())}
+
+    def _seat(self, participant: Participant) -> list[Effect]:
+        effects: list[Effect] = []
+        if self.facts.status is SessionStatus.SCHEDULED:
+            self.facts = replace(self.facts, status=SessionStatus.OPEN)
+            effects.append(SaveStatus(SessionStatus.OPEN))
+        participant.admitted = True
+        self.participants[participant.id] = participant
+        effects += [
+            _event(participant, AttendanceKind.ADMITTED),
+            self._to([participant], message(
+                "welcome", you=participant.public(),
+                session={**self._session_summary(),
+                         "remaining_seconds": self.remaining_seconds(), "locked": self.locked},
+                participants=[p.public() for p in self.participants.values()
+                              if p is not participant],
+                caps={"width": self.settings.publish_width,
+                      "height": self.settings.publish_height,
+                      "fps": self.settings.publish_fps,
+                      "max_bitrate": self.settings.publish_max_kbps * 1000})),
+            self._broadcast(message("participant-joined", participant=participant.public()),
+                            exclude=participant),
+            AddMedia(participant.id, participant.is_therapist),
+        ]
+        if participant.is_therapist:
+            if self.facts.waiting_room is WaitingRoomPolicy.AUTO_WITH_THERAPIST:
+                for waiting in [w for w in self.waiting.values()
+                                if w.person.role is Role.PATIENT]:
+                    del self.waiting[waiting.id]
+                    effects += self._seat(waiting)
+            effects.append(self._waiting_list())
+        return effects
+
+    # --- leaving ----------------------------------------------------------------------------
+
+    def _depart(self, participant: Participant, kind: AttendanceKind,
+                close: VioError | None, **detail: Any) -> list[Effect]:
+        """Take one connection out of the room or the waiting room, and say so to everyone."""
+        was_in = self.participants.pop(participant.id, None) is not None
+        was_waiting = self.waiting.pop(participant.id, None) is not None
+        if not (was_in or was_waiting):
+            return []
+        if was_in and kind is AttendanceKind.DROPPED and not self.ended:
+            self.dropped_at[participant.person.identity] = self.clock.now()
+        effects: list[Effect] = [_event(participant, kind, **detail)]
+        if close is not None:
+            effects.append(Close(participant.outbox, close))
+        if was_waiting:
+            effects.append(self._waiting_list())
+        if was_in:
+            effects += [self._broadcast(message("participant-left",
+                                                participant_id=participant.id)),
+                        RemoveMedia(participant.id)]
+            if participant.is_therapist and participant.space is not None:
+                effects += self._back_to_main(participant.space)
+        return effects
+
+    def disconnected(self, participant: Participant, reason: VioError) -> list[Effect]:
+        """The connection closed (``left``: by the person's choice; anything else: dropped)."""
+        if not self.is_current(participant):
+            return []
+        if reason.code == "left":
+            return self._depart(participant, AttendanceKind.LEFT, None)
+        return self._depart(participant, AttendanceKind.DROPPED, None, reason=reason.code)
+
+    def leave(self, participant: Participant) -> list[Effect]:
+        """The person pressed Leave."""
+        if not self.is_current(participant):
+            return []
+        return self._depart(participant, AttendanceKind.LEFT,
+                            Dropped("left", "You left the session."))
+
+    def failed(self, participant_id: str, reason: VioError) -> list[Effect]:
+        """Something the room could not do for this connection (a record, its media)."""
+        participant = self.participants.get(participant_id) or self.waiting.get(participant_id)
+        if participant is None:
+            return []
+        effects: list[Effect] = []
+        if isinstance(reason, Refusal):
+            effects.append(self._to([participant], message("refused", code=reason.code,
+                                                           message=reason.message)))
+        return effects + self._depart(participant, AttendanceKind.DROPPED, reason,
+                                      reason=reason.code)
+
+    def remove_matching(self, which: Callable[[Person], bool], reason: Refusal) -> list[Effect]:
+        """Refuse and disconnect everyone (in the room or waiting) matching ``which``."""
+        effects: list[Effect] = []
+        for p in [p for p in self.everyone() if which(p.person)]:
+            self.removed.add(p.person.identity)
+            effects.append(self._to([p], message("refused", code=reason.code,
+                                                 message=reason.message)))
+            effects += self._depart(p, AttendanceKind.REMOVED, reason, reason=reason.code)
+        return effects
+
+    # --- a participant's own messages -----------------------------------------------------
+
+    def ping(self, participant: Participant) -> list[Effect]:
+        return [self._to([participant], message("pong"))]
+
+    def answer(self, participant: Participant, sdp: str) -> list[Effect]:
+        return [AcceptAnswer(participant.id, sdp)]
+
+    def media(self, participant: Participant, audio: bool, video: bool) -> list[Effect]:
+        """The person's own microphone and camera buttons."""
+        if audio and participant.mic_locked:
+            raise NotAllowed("mic-locked", "The therapist has turned your microphone off for "
+                                           "now; they can let you unmute.")
+        effects: list[Effect] = []
+        for kind, on in (("audio", audio), ("video", video)):
+            if on and kind in participant.held:
+                participant.held.discard(kind)
+                effects.append(SetForwarding(participant.id, kind, True))
+        participant.audio, participant.video = audio, video
+        return [*effects, self._broadcast(message(
+            "media-state", participant_id=participant.id, audio=audio, video=video,
+            mic_locked=participant.mic_locked))]
+
+    def chat(self, participant: Participant, text: str, to: str) -> list[Effect]:
+        out = message("chat", **{"from": participant.public()}, text=text.strip(), to=to,
+                      at=self.clock.now().isoformat())
+        if to == "room":
+            readers = [p for p in self.participants.values() if p.space == participant.space]
+        else:
+            readers = [p for p in self.participants.values()
+                       if p.is_therapist or p is participant]
+        return [self._to(readers, out)]
+
+    # --- a therapist's commands (every one audited) ------------------------------------------
+
+    def _seated(self, participant_id: str) -> Participant:
+        target = self.participants.get(participant_id)
+        if target is None:
+            raise NotAllowed("no-such-participant", "That person is not in the room.")
+        return target
+
+    def _waiting_one(self, participant_id: str) -> Participant:
+        waiting = self.waiting.get(participant_id)
+        if waiting is None:
+            raise NotAllowed("no-such-participant", "That person is no longer waiting.")
+        return waiting
+
+    def _audit(self, therapist: Participant, action: str, target: str, **detail: Any) -> Audit:
+        return Audit(therapist.person.identity, action, target, {"session": self.id, **detail})
+
+    def admit(self, therapist: Participant, participant_id: str) -> list[Effect]:
+        waiting = self._waiting_one(participant_id)
+        del self.waiting[waiting.id]
+        return [self._audit(therapist, "admit", waiting.person.identity), *self._seat(waiting),
+                self._waiting_list()]
+
+    def admit_all(self, therapist: Participant) -> list[Effect]:
+        everyone, effects = list(self.waiting.values()), []
+        self.waiting.clear()
+        for waiting in everyone:
+            effects += [self._audit(therapist, "admit", waiting.person.identity),
+                        *self._seat(waiting)]
+        return [*effects, self._waiting_list()]
+
+    def deny(self, therapist: Participant, participant_id: str) -> list[Effect]:
+        waiting = self._waiting_one(participant_id)
+        reason = refusal("denied")
+        return [self._audit(therapist, "deny", waiting.person.identity),
+                self._to([waiting], message("refused", code=reason.code,
+                                            message=reason.message)),
+                *self._depart(waiting, AttendanceKind.DENIED, reason)]
+
+    def hold(self, therapist: Participant, participant_id: str, kind: str,
+             lock: bool = False) -> list[Effect]:
+        """Mute (``audio``) or stop the video of a participant; the server stops forwarding it."""
+        target = self._seated(participant_id)
+        if kind == "audio":
+            target.audio = False
+            target.mic_locked = target.mic_locked or lock
+        else:
+            target.video = False
+        target.held.add(kind)
+        action = "lock-mic" if lock else "mute" if kind == "audio" else "stop-video"
+        return [self._audit(therapist, action, target.person.identity),
+                SetForwarding(target.id, kind, False),
+                self._to([target], message("moderated", action=action)),
+                self._broadcast(message("media-state", participant_id=target.id,
+                                        audio=target.audio, video=target.video,
+                                        mic_locked=target.mic_locked))]
+
+    def unlock_mic(self, therapist: Participant, participant_id: str) -> list[Effect]:
+        """Let a participant unmute again (they turn the microphone on themselves)."""
+        target = self._seated(participant_id)
+        target.mic_locked = False
+        return [self._audit(therapist, "unlock-mic", target.person.identity),
+                self._to([target], message("moderated", action="unlock-mic")),
+                self._broadcast(message("media-state", participant_id=target.id,
+                                        audio=target.audio, video=target.video,
+                                        mic_locked=False))]
+
+    def remove(self, therapist: Participant, participant_id: str, reason: str) -> list[Effect]:
+        target = self._seated(participant_id)
+        if target.is_therapist:
+            raise NotAllowed("not-allowed", "A therapist cannot be removed from the session.")
+        self.removed.add(target.person.identity)
+        why = refusal("removed")
+        return [self._audit(therapist, "remove", target.person.identity, reason=reason.strip()),
+                self._to([target], message("refused", code=why.code, message=why.message)),
+                *self._depart(target, AttendanceKind.REMOVED, why, reason=reason.strip())]
+
+    def set_locked(self, therapist: Participant, locked: bool) -> list[Effect]:
+        self.locked = locked
+        return [self._audit(therapist, "room-lock" if locked else "room-unlock",
+                            f"session:{self.id}"),
+                self._broadcast(message("room-state", locked=locked))]
+
+    def extend(self, therapist: Participant, minutes: int) -> list[Effect]:
+        most = self.settings.max_extend_minutes
+        if minutes > most:
+            raise NotAllowed("bad-extend", f"Extend by at most {most} minutes at a time.")
+        new_end = self.ends_at + timedelta(minutes=minutes)
+        self.facts = replace(self.facts, ends_at=new_end)
+        now = self.clock.now()
+        self.pending_warnings = sorted(self.settings.warning_minutes, reverse=True)
+        # Warnings whose moment is already past for the new end are not given again.
+        self.pending_warnings = [m for m in self.pending_warnings
+                                 if new_end - timedelta(minutes=m) > now]
+        return [SaveExtension(minutes, new_end),
+                Record(RoomEvent(AttendanceKind.SESSION_EXTENDED, detail={
+                    "minutes": minutes, "ends_at": new_end.isoformat(),
+                    "by": therapist.person.identity})),
+                self._audit(therapist, "session-extend", f"session:{self.id}", minutes=minutes,
+                            ends_at=new_end.isoformat()),
+                self._broadcast(message("time", ends_at=new_end.isoformat(),
+                                        remaining_seconds=self.remaining_seconds()))]
+
+    def end_by(self, therapist: Participant) -> list[Effect]:
+        return [self._audit(therapist, "session-end", f"session:{self.id}"),
+                *self.end("A therapist has ended this session.")]
+
+    def safety_card(self, therapist: Participant, participant_id: str) -> list[Effect]:
+        target = self._seated(participant_id)
+        if target.person.role is not Role.PATIENT or target.person.patient_id is None:
+            raise NotAllowed("no-safety-card", "Safety cards are kept for patients only.")
+        return [ShowSafetyCard(therapist.outbox, therapist.person.identity, target.id,
+                               target.name, target.person.patient_id)]
+
+    def side_room(self, therapist: Participant, participant_id: str) -> list[Effect]:
+        """Move a participant and the therapist into a private side room."""
+        target = self._seated(participant_id)
+        if target is therapist:
+            raise NotAllowed("not-allowed", "Choose someone else to talk with privately.")
+        if therapist.space is not None:
+            raise NotAllowed("not-allowed", "Bring the side room back first.")
+        space = f"side-{therapist.id}"
+        return [self._audit(therapist, "side-room", target.person.identity),
+                *self._move([therapist, target], space)]
+
+    def main_room(self, therapist: Participant, participant_id: str) -> list[Effect]:
+        """Bring the therapist's side room back to the main room."""
+        target = self._seated(participant_id)
+        space = therapist.space or target.space
+        if space is None:
+            return []
+        return [self._audit(therapist, "main-room", target.person.identity),
+                *self._back_to_main(space)]
+
+    def _back_to_main(self, space: str) -> list[Effect]:
+        return self._move([p for p in self.participants.values() if p.space == space], None)
+
+    def _move(self, moved: list[Participant], space: str | None) -> list[Effect]:
+        effects: list[Effect] = []
+        for p in moved:
+            p.space = space
+            effects += [SetSpace(p.id, space),
+                        self._to([p], message("side-room", space=space,
+                                              with_ids=[q.id for q in moved if q is not p]))]
+        host = next((p for p in moved if p.is_therapist), None)
+        return [*effects, self._broadcast(message(
+            "side-room-state", participant_ids=[p.id for p in moved], active=space is not None,
+            therapist_id=host.id if host else None))]
+
+    # --- media and the clock ----------------------------------------------------------------
+
+    def offer(self, participant_id: str, sdp: str, tracks: list[dict[str, str]]) -> list[Effect]:
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            return []
+        return [self._to([participant], message("offer", sdp=sdp, tracks=tracks))]
+
+    def speaking(self, participant_ids: list[str]) -> list[Effect]:
+        return [self._broadcast(message("speaking", participant_ids=participant_ids))]
+
+    def media_arrived(self, participant_id: str, audio: bool, video: bool) -> list[Effect]:
         """What the server itself sees arriving: attendance evidence (audio-video or audio)."""
         participant = self.participants.get(participant_id)
         if participant is None:
-            return
-        event = RoomEvent.about(participant, AttendanceKind.MEDIA, audio=state.audio_arriving,
-                                video=state.video_arriving)
-        self._spawn(self.store.record(self.id, event))
+            return []
+        return [_event(participant, AttendanceKind.MEDIA, audio=audio, video=video)]
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def rearm_warnings(self) -> None:
-        self._timers.pending_warnings = sorted(self.settings.warning_minutes, reverse=True)
-
-    async def _run_clock(self) -> None:
-        """Warnings at the configured offsets, then the hard end."""
-        tick = self.settings.room_tick_seconds
-        with contextlib.suppress(asyncio.CancelledError):
-            while not self.ended:
-                remaining = self.ends_at - self.clock.now()
-                while self._timers.pending_warnings and remaining <= timedelta(
-                        minutes=self._timers.pending_warnings[0]):
-                    minutes = self._timers.pending_warnings.pop(0)
-                    # A warning whose moment passed before the room opened is not sent late.
-                    if remaining > timedelta(minutes=minutes) - WARNING_TOLERANCE:
-                        self.broadcast(message(
-                            "warning", minutes_left=minutes,
-                            message=f"This session ends in {minutes} minute"
-                                    f"{'s' if minutes != 1 else ''}."))
-                if remaining <= timedelta(0):
-                    await self.end("This session has ended.")
-                    return
-                await self._heartbeat()
-                await asyncio.sleep(min(tick, remaining.total_seconds()))
-
-    async def _heartbeat(self) -> None:
-        """Now and then, record who is in the room: a crash loses at most one interval."""
+    def tick(self) -> list[Effect]:
+        """Warnings at the configured offsets, a heartbeat now and then, and the hard end."""
+        if self.ended:
+            return []
         now = self.clock.now()
+        remaining = self.ends_at - now
+        effects: list[Effect] = []
+        while self.pending_warnings and remaining <= timedelta(minutes=self.pending_warnings[0]):
+            minutes = self.pending_warnings.pop(0)
+            # A warning whose moment passed before the room opened is not sent late.
+            if remaining > timedelta(minutes=minutes) - WARNING_TOLERANCE:
+                effects.append(self._broadcast(message(
+                    "warning", minutes_left=minutes,
+                    message=f"This session ends in {_minutes(minutes)}.")))
+        if remaining <= timedelta(0):
+            return [*effects, *self.end("This session has ended.")]
         every = timedelta(seconds=self.settings.attendance_heartbeat_seconds)
-        if self._last_heartbeat is not None and now - self._last_heartbeat < every:
-            return
-        self._last_heartbeat = now
-        if self.participants:
-            await self.store.record(self.id, RoomEvent(AttendanceKind.HEARTBEAT, detail={
-                "present": sorted(self.participants)}))
+        if self.last_heartbeat is None or now - self.last_heartbeat >= every:
+            self.last_heartbeat = now
+            if self.participants:
+                effects.append(Record(RoomEvent(AttendanceKind.HEARTBEAT, detail={
+                    "present": sorted(self.participants)})))
+        return effects
 
-    async def end(self, why: str) -> None:
+    def end(self, why: str) -> list[Effect]:
         """End the session for everyone: record it, tell them, close connections and media."""
-        if self._closing:
-            await self._closed.wait()
-            return
-        self._closing = True
+        if self.ended:
+            return []
         self.ended = True
-        everyone = [*self.participants.values(), *self.waiting.values()]
+        everyone = self.everyone()
         self.participants.clear()
         self.waiting.clear()
-        try:
-            await self.store.record(self.id, RoomEvent(AttendanceKind.SESSION_ENDED, detail={
-                "present": [p.id for p in everyone if p.admitted]}))
-            await self.store.set_status(self.id, SessionStatus.ENDED)
-        finally:
-            for p in everyone:
-                p.send(message("ended", message=why))
-                p.outbox.close(Dropped("ended", why))
-        try:
-            await self.media.close()
-        finally:
-            if self._clock_task is not None and self._clock_task is not asyncio.current_task():
-                self._clock_task.cancel()
-            self._closed.set()
-            if self._on_closed is not None:
-                await self._on_closed(self)
+        self.facts = replace(self.facts, status=SessionStatus.ENDED)
+        reason = Dropped("ended", why)
+        return [Record(RoomEvent(AttendanceKind.SESSION_ENDED, detail={
+                    "present": [p.id for p in everyone if p.admitted]})),
+                SaveStatus(SessionStatus.ENDED),
+                self._to(everyone, message("ended", message=why)),
+                *(Close(p.outbox, reason) for p in everyone),
+                CloseMedia(), RoomClosed()]
 
-    async def shutdown(self) -> None:
-        """Server stopping: close connections and media without ending the session."""
-        if self._clock_task is not None:
-            self._clock_task.cancel()
-        for p in [*self.participants.values(), *self.waiting.values()]:
-            p.outbox.close(Dropped("server-restart", "The server is restarting; reconnecting."))
-        await self.media.close()
+    def shutdown(self) -> list[Effect]:
+        """This server is stopping: everyone drops (to reconnect elsewhere); the session goes on."""
+        reason = Dropped("server-restart", "The server is restarting; reconnecting.")
+        effects: list[Effect] = []
+        for p in self.everyone():
+            effects += self._depart(p, AttendanceKind.DROPPED, reason, reason=reason.code)
+        return [*effects, CloseMedia(), RoomClosed()]

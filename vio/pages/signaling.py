@@ -1,0 +1,145 @@
+"""The signaling WebSocket: per connection one reader, one writer with a bounded outbox.
+
+The reader waits for ``join``, finds out who is asking (cookie or room ticket) and what the
+records say about the session, then hands the connection to the session's ``LiveRoom``; every
+later frame is parsed (``vio.protocol``) and handed to the room's message table. The writer
+drains the ``Outbox`` with a send deadline: a client that does not take its messages in time is
+dropped (``too-slow``) and leaves the room at that moment. Whichever of the two ends first ends
+the other. Errors become messages or close codes in one place (``vio.errors.close_code``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from datetime import timedelta
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from vio.errors import BadMessage, Dropped, NotAllowed, Refusal, VioError, close_code
+from vio.pages.common import current_viewer, state, viewer_from_ticket
+from vio.protocol import message, parse
+from vio.rooms import records
+from vio.rooms.admission import EMPTY_ROOM, admission
+from vio.rooms.directory import RoomDirectory
+from vio.rooms.outbox import TOO_SLOW, Outbox
+
+log = logging.getLogger(__name__)
+
+CONNECTION_LOST = Dropped("connection-lost", "The connection closed.")
+
+
+async def _writer(ws: WebSocket, outbox: Outbox, send_timeout: float) -> None:
+    while True:
+        item = await outbox.get()
+        if isinstance(item, VioError):
+            if ws.application_state is WebSocketState.CONNECTED:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(close_code(item), reason=item.code),
+                                           send_timeout)
+            return
+        try:
+            await asyncio.wait_for(ws.send_text(json.dumps(item)), send_timeout)
+        except TimeoutError:
+            outbox.discard_queued()
+            outbox.close(TOO_SLOW)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            outbox.discard_queued()
+            outbox.close(CONNECTION_LOST)
+            return
+
+
+async def _receive(ws: WebSocket, seconds: float) -> str | bytes:
+    frame = await asyncio.wait_for(ws.receive(), seconds)
+    if frame["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(frame.get("code", 1000))
+    text: str | None = frame.get("text")
+    if text is not None:
+        return text
+    data: bytes = frame.get("bytes") or b""
+    return data
+
+
+def _error(outbox: Outbox, error: VioError, about: str | None) -> None:
+    outbox.put(message("error", code=error.code, message=error.message, about=about))
+
+
+async def _await_join(ws: WebSocket, outbox: Outbox, seconds: float,
+                      max_bytes: int) -> str | None:
+    """Read until a valid ``join``; returns the family member's chosen name, if any."""
+    while True:
+        raw = await _receive(ws, seconds)
+        try:
+            msg = parse(raw, max_bytes)
+        except BadMessage as error:
+            _error(outbox, error, None)
+            continue
+        if msg.type == "ping":
+            outbox.put(message("pong"))
+        elif msg.type != "join":
+            _error(outbox, BadMessage("join-first", "Send 'join' first."), msg.type)
+        else:
+            name: str | None = msg.get("name")
+            return name
+
+
+async def _read(ws: WebSocket, outbox: Outbox, session_id: int) -> None:
+    """The connection's reader: join, then every message until the connection ends."""
+    app = state(ws)
+    settings = app.settings
+    directory: RoomDirectory = ws.app.state.rooms
+    try:
+        name = await _await_join(ws, outbox, settings.join_timeout_seconds,
+                                 settings.ws_max_message_bytes)
+        async with app.db() as db:
+            ticket = ws.query_params.get("ticket")
+            viewer = (await viewer_from_ticket(ws, db, ticket, session_id) if ticket
+                      else await current_viewer(ws, db))
+            person = await records.person_for(db, viewer)
+            facts = await records.load_facts(db, session_id, app.clock.now())
+        if facts is None or person is None:
+            admission(person, facts, EMPTY_ROOM, app.clock.now(), timedelta())  # raises
+            return
+        live = directory.room_for(facts)
+        participant = live.join(person, outbox, facts, name)
+        while outbox.alive:
+            raw = await _receive(ws, settings.ws_idle_timeout_seconds)
+            msg = None
+            try:
+                msg = parse(raw, settings.ws_max_message_bytes)
+                live.handle(participant, msg)
+            except (BadMessage, NotAllowed) as error:
+                _error(outbox, error, msg.type if msg is not None else None)
+    except Refusal as refused:
+        outbox.put(message("refused", code=refused.code, message=refused.message))
+        outbox.close(refused)
+    except Dropped as dropped:
+        outbox.close(dropped)
+    except TimeoutError:
+        outbox.close(Dropped("idle-timeout", "No word from your browser for too long."))
+    except WebSocketDisconnect:
+        outbox.close(CONNECTION_LOST)
+    except Exception:
+        log.exception("signaling connection failed")
+        outbox.close(Dropped("server-error", "Something went wrong on the server."))
+
+
+async def serve(ws: WebSocket) -> None:
+    """One participant's signaling connection, from accept to close."""
+    settings = state(ws).settings
+    await ws.accept()
+    outbox = Outbox(settings.ws_send_queue)
+    writer = asyncio.create_task(_writer(ws, outbox, settings.ws_send_timeout_seconds))
+    reader = asyncio.create_task(_read(ws, outbox, ws.path_params["session_id"]))
+    try:
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():  # let the writer send what is queued (refused, ended) and close
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(writer), settings.ws_send_timeout_seconds)
+    finally:
+        outbox.close(CONNECTION_LOST)  # whatever happened, the room hears of it now
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)

@@ -1,0 +1,48 @@
+"""The live rooms of this process, one per session, opened on the first join."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vio.clock import Clock
+from vio.errors import Refusal
+from vio.media import MediaRouter
+from vio.rooms.admission import SessionFacts
+from vio.rooms.live import LiveRoom, RoomStore
+from vio.rooms.room import Room
+from vio.settings import Settings
+
+
+class RoomDirectory:
+    def __init__(self, settings: Settings, clock: Clock, store: RoomStore,
+                 media_factory: Callable[[], MediaRouter]) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = store
+        self.media_factory = media_factory
+        self.rooms: dict[int, LiveRoom] = {}
+
+    def room_for(self, facts: SessionFacts) -> LiveRoom:
+        """The session's live room, opened now if it is not open (no ``await``: one per session)."""
+        live = self.rooms.get(facts.session_id)
+        if live is None or live.closed or live.room.ended:
+            live = LiveRoom(Room(facts, self.settings, self.clock), self.media_factory(),
+                            self.store, on_closed=self._closed)
+            self.rooms[facts.session_id] = live
+            live.start()
+        return live
+
+    async def _closed(self, live: LiveRoom) -> None:
+        if self.rooms.get(live.id) is live:
+            del self.rooms[live.id]
+
+    def remove_family_member(self, family_member_id: int, reason: Refusal) -> int:
+        """Take a family member out of every live room at once (their consent was revoked)."""
+        return sum(live.remove_matching(
+            lambda person: person.family_member_id == family_member_id, reason)
+            for live in list(self.rooms.values()))
+
+    async def close(self) -> None:
+        for live in list(self.rooms.values()):
+            await live.shutdown()
+        self.rooms.clear()

@@ -1,0 +1,265 @@
+"""A live room: the ``Room`` state machine, and one runner that carries out its effects in order.
+
+Connections and the room's clock call ``LiveRoom`` methods, which make a transition (no
+``await``) and queue its effects. One task takes the queued effects in order: database writes
+through the ``RoomStore`` (committed before the sends that acknowledge them), sends to the
+connections' outboxes, and the media router. An effect that fails is logged and reported,
+never retried blindly, and never leaves the state half-changed:
+
+* a ``Record`` that fails skips the acknowledgements after it in its batch, and the connection
+  it concerns is dropped (``server-error``), so nobody is in the room unrecorded;
+* media that cannot be set up for a newcomer refuses them (``media-unavailable``);
+* a refused answer gets ``bad-answer`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from vio.errors import BadMessage, Dropped, Refusal, refusal
+from vio.media import MediaError, MediaRouter, MediaState, TrackInfo
+from vio.models import SessionStatus
+from vio.protocol import ClientMessage, message
+from vio.rooms import messages
+from vio.rooms.admission import Person, SessionFacts
+from vio.rooms.effects import (
+    AcceptAnswer,
+    AddMedia,
+    Audit,
+    Close,
+    CloseMedia,
+    Effect,
+    Record,
+    RemoveMedia,
+    RoomClosed,
+    RoomEvent,
+    SaveExtension,
+    SaveStatus,
+    Send,
+    SetForwarding,
+    SetSpace,
+    ShowSafetyCard,
+)
+from vio.rooms.outbox import Outbox
+from vio.rooms.room import Participant, Room
+
+log = logging.getLogger(__name__)
+
+RECORD_FAILED = Dropped("server-error", "We could not save your attendance; please join again.")
+
+
+class RoomStore:
+    """What a room writes to the records. The base class writes nothing."""
+
+    async def audit(self, actor: str, action: str, target: str, **detail: Any) -> None:
+        return None
+
+    async def set_status(self, session_id: int, status: SessionStatus) -> None:
+        return None
+
+    async def extend(self, session_id: int, minutes: int) -> datetime | None:
+        return None
+
+    async def record(self, session_id: int, event: RoomEvent) -> None:
+        """Append an attendance event; returns once it is committed."""
+        return None
+
+    async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
+        """The patient's safety card for this session; the look is audited."""
+        return {}
+
+
+class LiveRoom:
+    """One room of this process: its state machine, media router, store and clock."""
+
+    def __init__(self, room: Room, media: MediaRouter, store: RoomStore,
+                 on_closed: Callable[[LiveRoom], Awaitable[None]] | None = None) -> None:
+        self.room = room
+        self.media = media
+        self.store = store
+        self._on_closed = on_closed
+        self._batches: deque[list[Effect]] = deque()
+        self._wake = asyncio.Event()
+        self._done = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._clock: asyncio.Task[None] | None = None
+        media.on_speaking_changed = lambda ids: self.apply(room.speaking(ids))
+        media.on_media_state_changed = self._media_state
+
+    @property
+    def id(self) -> int:
+        return self.room.id
+
+    @property
+    def closed(self) -> bool:
+        return self._done.is_set()
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name=f"room-{self.id}")
+            self._clock = asyncio.create_task(self._run_clock(), name=f"room-{self.id}-clock")
+
+    # --- transitions from outside -----------------------------------------------------------
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Queue the effects of one transition, to be carried out after those before them."""
+        if effects:
+            self._batches.append(effects)
+            self._wake.set()
+
+    def join(self, person: Person, outbox: Outbox, facts: SessionFacts,
+             name: str | None = None) -> Participant:
+        """Seat a connection (or raise ``Refusal``); when it closes, it leaves at that moment."""
+        participant, effects = self.room.join(person, outbox, facts, name)
+        self.apply(effects)
+        outbox.on_close(lambda reason: self.apply(self.room.disconnected(participant, reason)))
+        return participant
+
+    def handle(self, participant: Participant, msg: ClientMessage) -> None:
+        """Act on one validated message; raises ``BadMessage``/``NotAllowed`` (nothing changed)."""
+        self.apply(messages.handle(self.room, participant, msg))
+
+    def remove_matching(self, which: Callable[[Person], bool], reason: Refusal) -> int:
+        before = len(self.room.everyone())
+        self.apply(self.room.remove_matching(which, reason))
+        return before - len(self.room.everyone())
+
+    async def shutdown(self) -> None:
+        """This server is stopping: close every connection and the media; the session goes on."""
+        self.apply(self.room.shutdown())
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        if self._runner is None:
+            return
+        await self._done.wait()
+
+    def _media_state(self, participant_id: str, state: MediaState) -> None:
+        self.apply(self.room.media_arrived(participant_id, state.audio_arriving,
+                                           state.video_arriving))
+
+    # --- the runner -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                while not self._batches:
+                    self._wake.clear()
+                    await self._wake.wait()
+                batch = self._batches.popleft()
+                if await self._carry_out(batch):
+                    return
+        finally:
+            await self._finish()
+
+    async def _carry_out(self, batch: list[Effect]) -> bool:
+        """Carry out one transition's effects in order; True when the room is over."""
+        unrecorded: str | None = None  # a connection whose record failed
+        over = False
+        for effect in batch:
+            if unrecorded is not None and isinstance(effect, (Send, AddMedia)):
+                continue
+            try:
+                if isinstance(effect, RoomClosed):
+                    over = True
+                else:
+                    await self._one(effect)
+            except Exception as error:
+                if isinstance(effect, Record):
+                    log.error("room %s: an attendance record (%s) failed: %s", self.id,
+                              effect.event.kind.value, type(error).__name__)
+                    unrecorded = effect.event.connection or ""
+                elif isinstance(effect, AddMedia):
+                    log.error("room %s: media for a newcomer failed: %s", self.id,
+                              type(error).__name__)
+                    self.apply(self.room.failed(effect.participant_id,
+                                                refusal("media-unavailable")))
+                else:
+                    log.exception("room %s: %s failed", self.id, type(effect).__name__)
+        if unrecorded:
+            self.apply(self.room.failed(unrecorded, RECORD_FAILED))
+        return over
+
+    async def _one(self, effect: Effect) -> None:
+        room = self.room
+        if isinstance(effect, Send):
+            for outbox in effect.to:
+                outbox.put(effect.message)
+        elif isinstance(effect, Close):
+            effect.outbox.close(effect.reason)
+        elif isinstance(effect, Record):
+            await self.store.record(room.id, effect.event)
+        elif isinstance(effect, Audit):
+            await self.store.audit(effect.actor, effect.action, effect.target, **effect.detail)
+        elif isinstance(effect, SaveStatus):
+            await self.store.set_status(room.id, effect.status)
+        elif isinstance(effect, SaveExtension):
+            await self.store.extend(room.id, effect.minutes)
+        elif isinstance(effect, AddMedia):
+            if effect.participant_id in room.participants:  # not gone meanwhile
+                await self.media.add_participant(effect.participant_id,
+                                                 is_therapist=effect.is_therapist,
+                                                 on_offer=self._offer_to(effect.participant_id))
+        elif isinstance(effect, RemoveMedia):
+            await self.media.remove_participant(effect.participant_id)
+        elif isinstance(effect, AcceptAnswer):
+            await self._accept_answer(effect)
+        elif isinstance(effect, SetSpace):
+            self.media.set_space(effect.participant_id, effect.space)
+        elif isinstance(effect, SetForwarding):
+            self.media.set_forwarding(effect.participant_id, effect.kind, effect.allowed)
+        elif isinstance(effect, ShowSafetyCard):
+            card = await self.store.safety_card(room.id, effect.patient_id, effect.actor)
+            effect.to.put(message("safety-card", participant_id=effect.participant_id,
+                                  name=effect.name, **card))
+        elif isinstance(effect, CloseMedia):
+            await self.media.close()
+
+    async def _accept_answer(self, effect: AcceptAnswer) -> None:
+        participant = self.room.participants.get(effect.participant_id)
+        if participant is None:
+            return
+        try:
+            await self.media.accept_answer(effect.participant_id, effect.sdp)
+        except MediaError as error:
+            refused = BadMessage("bad-answer", f"The answer was not accepted: {error}")
+            participant.outbox.put(message("error", code=refused.code, message=refused.message,
+                                           about="answer"))
+
+    def _offer_to(self, participant_id: str) -> Callable[[str, list[TrackInfo]], Awaitable[None]]:
+        async def send_offer(sdp: str, tracks: list[TrackInfo]) -> None:
+            self.apply(self.room.offer(participant_id, sdp, [
+                {"mid": t.mid, "participant_id": t.publisher, "kind": t.kind} for t in tracks]))
+
+        return send_offer
+
+    async def _run_clock(self) -> None:
+        tick = self.room.settings.room_tick_seconds
+        try:
+            while not self.room.ended:
+                self.apply(self.room.tick())
+                remaining = (self.room.ends_at - self.room.clock.now()).total_seconds()
+                await asyncio.sleep(max(0.0, min(tick, remaining)))
+        except Exception:
+            log.exception("room %s: the clock stopped", self.id)
+
+    async def _finish(self) -> None:
+        """The runner stopped: stop the clock, close the media, tell the directory."""
+        if self._clock is not None and self._clock is not asyncio.current_task():
+            self._clock.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock
+        with contextlib.suppress(Exception):
+            await self.media.close()
+        for participant in self.room.everyone():  # only if the runner died unexpectedly
+            participant.outbox.close(Dropped("server-error", "The room stopped."))
+        self._done.set()
+        if self._on_closed is not None:
+            await self._on_closed(self)
+
