@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
 import resource
 import sys
@@ -33,14 +32,17 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import harness as h
-import websockets
+
+if TYPE_CHECKING:
+    from vio.client import SignalingClient
 
 SECRET = "signaling-benchmark-secret"
 OPEN_TIMEOUT_S = 30.0
 MESSAGE_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0
 KEEPALIVE_S = 15.0
 """Clients send the protocol's ``ping`` this often (the server drops silence after 45 s)."""
 CONNECT_BUDGET_S = 300.0
@@ -204,10 +206,10 @@ async def server_main(config: dict[str, Any]) -> None:
         if cmd == "port":
             return port
         if cmd == "mark":
-            rooms = app.state.rooms.rooms
+            # A live room holds its Room (a baseline's vio may predate that: the room itself).
+            rooms = [getattr(r, "room", r) for r in app.state.rooms.rooms.values()]
             return {"t": time.monotonic(), "cpu": h.cpu_seconds(), "rss_mib": rss_mib(),
-                    "rooms": len(rooms),
-                    "participants": sum(len(r.participants) for r in rooms.values())}
+                    "rooms": len(rooms), "participants": sum(len(r.participants) for r in rooms)}
         raise ValueError(f"unknown command {cmd!r}")
 
     try:
@@ -227,48 +229,50 @@ class Client:
     pid: str | None = None
     connected_in: float | None = None
     refusal: str | None = None
-    ws: Any = None
+    ws: SignalingClient | None = None
     moderated: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
     offers: int = 0
     off_loopback: int = 0
 
     async def connect(self) -> None:
-        started = time.monotonic()
-        self.ws = await websockets.connect(self.url, open_timeout=OPEN_TIMEOUT_S,
-                                           ping_interval=None, max_size=1 << 22)
-        await self.ws.send('{"type": "join", "v": 1}')
-        while True:
-            msg = json.loads(await asyncio.wait_for(self.ws.recv(), MESSAGE_TIMEOUT_S))
-            if msg["type"] == "welcome":
-                self.pid = msg["you"]["id"]
-                self.connected_in = time.monotonic() - started
-                break
-            if msg["type"] == "refused":
-                self.refusal = msg["code"]
-                return
-        self.reader = asyncio.create_task(self._read())
+        # Imported here: the server child may run a baseline vio that predates vio.client.
+        from vio.client import SignalingClient
 
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in self.ws:
-                if '"moderated"' in raw:
-                    self.moderated.set()
-                elif '"offer"' in raw:
-                    self.offers += 1
-                    try:
-                        h.check_loopback(json.loads(raw)["sdp"])
-                    except RuntimeError:
-                        self.off_loopback += 1
+        started = time.monotonic()
+        self.ws = SignalingClient(self.url, open_timeout=OPEN_TIMEOUT_S,
+                                  close_timeout=CLOSE_TIMEOUT_S, ping_interval=None,
+                                  max_size=1 << 22)
+        await self.ws.connect()
+        await self.ws.send(type="join", v=1)
+        msg = await self.ws.expect("welcome", "refused", within=MESSAGE_TIMEOUT_S)
+        if msg["type"] == "refused":
+            self.refusal = msg["code"]
+            return
+        self.pid = msg["you"]["id"]
+        self.connected_in = time.monotonic() - started
+        self.reader = asyncio.create_task(self._read(self.ws))
+
+    async def _read(self, ws: SignalingClient) -> None:
+        async for msg in ws.incoming():
+            if msg["type"] == "moderated":
+                self.moderated.set()
+            elif msg["type"] == "offer":
+                self.offers += 1
+                try:
+                    h.check_loopback(msg["sdp"])
+                except RuntimeError:
+                    self.off_loopback += 1
 
     async def send(self, msg: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(msg))
+        assert self.ws is not None
+        await self.ws.send(**msg)
 
     async def close(self) -> None:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await self.send({"type": "leave"})
-                await asyncio.wait_for(self.ws.close(), 5)
+                await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT_S)
         if self.reader is not None:
             self.reader.cancel()
 

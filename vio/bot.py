@@ -23,10 +23,11 @@ from http.cookiejar import CookieJar
 from typing import Any
 
 import av
-import websockets
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from websockets.exceptions import ConnectionClosed
 
+from vio.client import SignalingClient
 from vio.media import CounterVideoTrack, ToneAudioTrack, read_counter, rtc_configuration
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class Bot:
             self.local["audio"] = ToneAudioTrack()
         self._mids: dict[str, tuple[str, str]] = {}
         self._consumers: set[asyncio.Task[None]] = set()
-        self._ws: Any = None
+        self._ws: SignalingClient | None = None
         self.first_video = asyncio.Event()
         self._stop = asyncio.Event()
         self.pc.on("track", self._on_track)
@@ -172,13 +173,12 @@ class Bot:
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self._ws is not None
-        await self._ws.send(json.dumps(message))
+        await self._ws.send(**message)
 
     async def run(self, seconds: float) -> BotResult:
         try:
-            async with websockets.connect(
-                    self.ws_url, additional_headers={"Cookie": self.cookie},
-                    open_timeout=CONNECT_TIMEOUT_SECONDS) as ws:
+            async with SignalingClient(self.ws_url, cookie=self.cookie,
+                                       open_timeout=CONNECT_TIMEOUT_SECONDS) as ws:
                 self._ws = ws
                 join: dict[str, Any] = {"type": "join", "v": 1}
                 if self.name:
@@ -193,17 +193,17 @@ class Bot:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
                 if not self.result.ended and self.result.refusal is None:
-                    with contextlib.suppress(websockets.ConnectionClosed):
+                    with contextlib.suppress(ConnectionClosed):
                         await self.send({"type": "leave"})
-        except websockets.ConnectionClosed:
+        except ConnectionClosed:
             pass
         finally:
             await self.close()
         return self.result
 
-    async def _read(self, ws: Any) -> None:
-        async for raw in ws:
-            await self._on_message(json.loads(raw))
+    async def _read(self, ws: SignalingClient) -> None:
+        async for msg in ws.incoming():
+            await self._on_message(msg)
             if self.result.refusal is not None or self.result.ended:
                 return
 
