@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,6 +29,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from vio.media import (
     CounterVideoTrack,
     MediaConfig,
+    MediaError,
     MediaRouter,
     MediaState,
     ToneAudioTrack,
@@ -114,6 +116,32 @@ class Client:
         await asyncio.gather(*self._readers, return_exceptions=True)
 
 
+class ClientWithAStrippedFirstAnswer(Client):
+    """Answers the first offer without ``a=fingerprint`` first, then with the genuine answer."""
+
+    refusals: list[str]
+
+    async def on_offer(self, sdp: str, tracks: list[TrackInfo]) -> None:
+        if hasattr(self, "refusals"):
+            await super().on_offer(sdp, tracks)
+            return
+        self.refusals = []
+        self.publisher_of_mid.update({t.mid: t.publisher for t in tracks})
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        genuine = self.pc.localDescription.sdp
+        stripped = "".join(
+            line
+            for line in genuine.splitlines(keepends=True)
+            if not line.startswith("a=fingerprint:")
+        )
+        try:
+            await self.router.accept_answer(self.pid, stripped)
+        except MediaError as error:
+            self.refusals.append(str(error))
+        await self.router.accept_answer(self.pid, genuine)
+
+
 class Room:
     """A MediaRouter with client peers joined to it by direct calls."""
 
@@ -124,8 +152,15 @@ class Room:
         )
         self.clients: dict[str, Client] = {}
 
-    async def join(self, pid: str, *, therapist: bool = False, amplitude: float = 0.3) -> Client:
-        client = Client(pid, self.router, amplitude=amplitude)
+    async def join(
+        self,
+        pid: str,
+        *,
+        therapist: bool = False,
+        amplitude: float = 0.3,
+        client_class: type[Client] = Client,
+    ) -> Client:
+        client = client_class(pid, self.router, amplitude=amplitude)
         self.clients[pid] = client
         await self.router.add_participant(pid, is_therapist=therapist, on_offer=client.on_offer)
         return client
@@ -337,6 +372,91 @@ async def test_selective_video_forwarding(loopback_only: None) -> None:
         assert len(arriving) == 2
         assert all(len(viewer.audio[p]) > 25 for p in speakers)
         assert "viewer" not in r.router.speaking()
+
+
+@pytest.mark.asyncio
+async def test_an_answer_without_fingerprint_is_refused_and_the_genuine_one_then_works(
+    loopback_only: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with room() as r:
+        await r.join("therapist", therapist=True)
+        ann = await r.join("ann", client_class=ClientWithAStrippedFirstAnswer)
+        assert isinstance(ann, ClientWithAStrippedFirstAnswer)
+        await eventually(
+            lambda: all(
+                c.has_media_from([p for p in r.clients if p != pid], 10)
+                for pid, c in r.clients.items()
+            ),
+            10,
+            "media both ways after the genuine answer",
+        )
+        assert ann.refusals == ["the answer has no DTLS fingerprint (a=fingerprint)"]
+        with pytest.raises(MediaError, match="no offer is waiting for an answer"):
+            await r.router.accept_answer("ann", ann.pc.localDescription.sdp)
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+
+
+async def _counts_over(
+    window_s: float, counts: Callable[[], dict[str, int]]
+) -> dict[str, int]:
+    """How much each count grew over ``window_s`` (scaled)."""
+    before = counts()
+    await asyncio.sleep(window_s * SCALE)
+    after = counts()
+    return {key: after[key] - before[key] for key in after}
+
+
+@pytest.mark.asyncio
+async def test_forwarding_switched_off_and_on_for_one_kind(loopback_only: None) -> None:
+    async with room() as r:
+        for pid in ("therapist", "ann", "bob"):
+            await r.join(pid, therapist=pid == "therapist")
+        bob, therapist = r.clients["bob"], r.clients["therapist"]
+        await eventually(
+            lambda: all(
+                c.has_media_from([p for p in r.clients if p != pid], 10)
+                for pid, c in r.clients.items()
+            ),
+            10,
+            "everyone to receive everyone",
+        )
+
+        def from_ann() -> dict[str, int]:
+            return {
+                "bob audio": len(bob.audio["ann"]),
+                "bob video": len(bob.video["ann"]),
+                "therapist audio": len(therapist.audio["ann"]),
+                "therapist video": len(therapist.video["ann"]),
+            }
+
+        r.router.set_forwarding("ann", "audio", False)
+        assert not r.router.forwarding("ann", "audio")
+        await asyncio.sleep(0.3 * SCALE)
+        grown = await _counts_over(1.0, from_ann)
+        assert grown["bob audio"] == grown["therapist audio"] == 0, grown
+        assert grown["bob video"] > 5 and grown["therapist video"] > 5, grown
+        assert r.router.media_state("ann").audio_arriving  # ann's client still sends
+        await eventually(lambda: "ann" not in r.router.speaking(), 3, "ann to stop speaking")
+
+        r.router.set_forwarding("ann", "audio", True)
+        seen = len(bob.audio["ann"])
+        await eventually(lambda: len(bob.audio["ann"]) > seen + 10, 3, "ann's audio back")
+        grown = await _counts_over(1.0, from_ann)
+        assert grown["bob audio"] > 25 and grown["therapist audio"] > 25, grown
+
+        r.router.set_forwarding("ann", "video", False)
+        await asyncio.sleep(0.3 * SCALE)
+        grown = await _counts_over(1.0, from_ann)
+        assert grown["bob video"] == grown["therapist video"] == 0, grown
+        assert grown["bob audio"] > 25, grown
+        r.router.set_forwarding("ann", "video", True)
+        seen = len(bob.video["ann"])
+        await eventually(lambda: len(bob.video["ann"]) > seen + 5, 3, "ann's video back")
+        counters = [counter for _, counter in bob.video["ann"]]
+        assert None not in counters
+
+        with pytest.raises(MediaError, match="is not a kind of media"):
+            r.router.set_forwarding("ann", "screen", False)
 
 
 def _packet(pts: int, *, keyframe: bool) -> av.Packet[Any]:

@@ -3,14 +3,19 @@
 See DESIGN.md, "Media facts". :class:`MediaRouter` is the room-facing API;
 :mod:`vio.media.ice` sets which addresses and STUN/TURN servers ICE uses;
 :mod:`vio.media.passthrough` forwards encoded media without decoding it;
+:mod:`vio.media.sdp` checks a participant's answer against the offer before it is applied;
+:mod:`vio.media.seams` is the one place that reaches into aiortc and aioice internals, and
+checks at import that they are still there;
 :mod:`vio.media.synthetic` provides test media for the headless bot and tests.
 """
 
 from __future__ import annotations
 
+from .errors import MediaError
 from .ice import announce_host_addresses, announced_host_addresses, rtc_configuration
 from .passthrough import ForwardedTrack, install_passthrough_hooks
-from .router import MediaConfig, MediaError, MediaRouter, MediaState, TrackInfo
+from .router import MediaConfig, MediaRouter, MediaState, TrackInfo
+from .sdp import check_answer
 from .synthetic import CounterVideoTrack, ToneAudioTrack, read_counter
 
 __all__ = [
@@ -24,6 +29,7 @@ __all__ = [
     "TrackInfo",
     "announce_host_addresses",
     "announced_host_addresses",
+    "check_answer",
     "install_passthrough_hooks",
     "read_counter",
     "rtc_configuration",

@@ -16,14 +16,14 @@ import ipaddress
 from collections.abc import Sequence
 from urllib.parse import unquote
 
-import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
+from . import seams
+
 __all__ = ["announce_host_addresses", "announced_host_addresses", "rtc_configuration"]
 
-_original_get_host_addresses = aioice.ice.get_host_addresses
 _announced: tuple[str, ...] = ()
 
 
@@ -42,7 +42,8 @@ def announce_host_addresses(addresses: Sequence[str]) -> None:
     aioice decides which local addresses become host candidates in the module function
     ``aioice.ice.get_host_addresses``, which ``Connection.gather_candidates`` looks up on every
     gathering and which always leaves out loopback. There is no per-connection option for it
-    in aiortc, so the restriction is installed by replacing that function, and therefore holds
+    in aiortc, so the restriction is installed by replacing that function
+    (:func:`vio.media.seams.set_host_addresses_provider`), and therefore holds
     for every peer connection in the process: the server's and, in tests, the client peers'.
     That is intended: the addresses a host may use for media are a property of the host.
 
@@ -55,10 +56,7 @@ def announce_host_addresses(addresses: Sequence[str]) -> None:
     global _announced
     parsed = tuple(str(ipaddress.ip_address(address.strip())) for address in addresses)
     _announced = parsed
-    if parsed:
-        aioice.ice.get_host_addresses = _announced_host_addresses
-    else:
-        aioice.ice.get_host_addresses = _original_get_host_addresses
+    seams.set_host_addresses_provider(_announced_host_addresses if parsed else None)
 
 
 def announced_host_addresses() -> tuple[str, ...]:

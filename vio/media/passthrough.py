@@ -10,7 +10,7 @@ follows, with every other peer connection in the process left untouched:
   :class:`InlineDecoderQueue`, which turns the frame into an ``av.Packet`` (``pts``,
   ``time_base``, keyframe flag) with a :class:`PassthroughDecoder` right there on the event
   loop and hands it to the source. aiortc still starts a decoder thread
-  (``aiortc.rtcrtpreceiver.decoder_worker``, which is wrapped), but for such a receiver the
+  (``aiortc.rtcrtpreceiver.decoder_worker``, which is replaced), but for such a receiver the
   thread ends at once: the two thread hops per frame (``queue.Queue`` to the thread,
   ``run_coroutine_threadsafe`` back) took about a quarter of a busy server's CPU
   (``docs/benchmarks.md``). NACK/RTX, reassembly, REMB and receiver reports stay aiortc's.
@@ -18,7 +18,7 @@ follows, with every other peer connection in the process left untouched:
   receiving leg: a bounded queue that starts at a keyframe and, on overflow, drops until the
   next keyframe and asks the publisher for one.
 * **Send.** ``RTCRtpSender`` packetizes an ``av.Packet`` it reads from its track with its
-  encoder's ``pack()`` instead of encoding it. ``aiortc.rtcrtpsender.get_encoder`` is wrapped
+  encoder's ``pack()`` instead of encoding it. ``aiortc.rtcrtpsender.get_encoder`` is replaced
   so that a sender whose RTP task reads from a ``ForwardedTrack`` gets a
   :class:`PassthroughPacker` (no codec context at all) rather than a real encoder; the track
   marks that task the first time it is read.
@@ -26,6 +26,8 @@ follows, with every other peer connection in the process left untouched:
 Keyframes: a leg asks for one when it actually starts (first ``recv()``), when it resumes
 after a pause, and after an overflow; receivers' PLI/FIR are passed upstream. All requests for
 one publisher go through one :class:`KeyframeRequester`, which throttles them.
+
+Every aiortc internal used here is reached through :mod:`vio.media.seams`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any, TypeAlias
 
 import av
 import av.frame
-from aiortc import RTCRtpReceiver, rtcrtpreceiver, rtcrtpsender
+from aiortc import RTCRtpReceiver
 from aiortc.codecs import get_decoder as _aiortc_get_decoder
 from aiortc.codecs import get_encoder as _aiortc_get_encoder
 from aiortc.codecs.base import Decoder, Encoder
@@ -52,6 +54,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+from . import seams
 
 __all__ = [
     "ForwardedTrack",
@@ -291,15 +295,13 @@ class InlineDecoderQueue:
 def attach_source(receiver: RTCRtpReceiver, source: PacketSource) -> None:
     """Make ``receiver`` (not yet negotiated) feed ``source`` instead of decoding.
 
-    Relies on two attributes of aiortc 1.16's ``RTCRtpReceiver``: ``_track``, read when the
-    receiver is negotiated, and its private decoder queue, which this replaces.
+    The receiver's track becomes a :class:`SourceTrack` and its decoder queue an
+    :class:`InlineDecoderQueue` (:func:`vio.media.seams.set_receiver_track`,
+    :func:`vio.media.seams.replace_decoder_queue`).
     """
-    install_passthrough_hooks()  # the wrapped decoder thread leaves this queue alone
-    receiver._track = SourceTrack(source)
-    attribute = "_RTCRtpReceiver__decoder_queue"
-    if not isinstance(getattr(receiver, attribute, None), queue.Queue):
-        raise RuntimeError("this aiortc's RTCRtpReceiver has no decoder queue to replace")
-    setattr(receiver, attribute, InlineDecoderQueue(source))
+    install_passthrough_hooks()  # the replaced decoder thread leaves this queue alone
+    seams.set_receiver_track(receiver, SourceTrack(source))
+    seams.replace_decoder_queue(receiver, InlineDecoderQueue(source))
 
 
 class SourceTrack(RemoteStreamTrack):
@@ -313,7 +315,7 @@ class SourceTrack(RemoteStreamTrack):
         super().__init__(kind=source.kind)
         self.source = source
         # aiortc's decoder worker only ever calls ``put`` on this queue.
-        self._queue = source  # type: ignore[assignment]
+        seams.replace_track_queue(self, source)
 
     async def recv(self) -> av.frame.Frame:
         raise MediaStreamError("a server receiver's media is forwarded, not read")
@@ -413,7 +415,6 @@ class ForwardedTrack(MediaStreamTrack):
 
 # --- hooks into aiortc -------------------------------------------------------------------------
 
-_aiortc_decoder_worker = rtcrtpreceiver.decoder_worker
 _decoder_thread = threading.local()
 _installed = False
 
@@ -427,7 +428,7 @@ def _decoder_worker(
     """aiortc's decoder thread; it has nothing to do for a receiver of :func:`attach_source`."""
     if isinstance(input_q, InlineDecoderQueue):
         return
-    _aiortc_decoder_worker(loop, input_q, output_q, decode_error)
+    seams.aiortc_decoder_worker(loop, input_q, output_q, decode_error)
 
 
 def _get_decoder(codec: RTCRtpCodecParameters) -> Decoder | PassthroughDecoder:
@@ -437,10 +438,10 @@ def _get_decoder(codec: RTCRtpCodecParameters) -> Decoder | PassthroughDecoder:
 
 
 def _passthrough_decoder(codec: RTCRtpCodecParameters) -> PassthroughDecoder:
-    """A decoder for a server receiver, made by aiortc's (wrapped) ``get_decoder`` as always."""
+    """A decoder for a server receiver, made by aiortc's (replaced) ``get_decoder`` as always."""
     _decoder_thread.passthrough = True
     try:
-        decoder = rtcrtpreceiver.get_decoder(codec)  # type: ignore[attr-defined]
+        decoder = seams.receiver_decoder(codec)
     finally:
         _decoder_thread.passthrough = False
     if not isinstance(decoder, PassthroughDecoder):
@@ -485,8 +486,10 @@ def install_passthrough_hooks() -> None:
     global _installed
     if _installed:
         return
-    rtcrtpreceiver.decoder_worker = _decoder_worker
-    rtcrtpreceiver.get_decoder = _get_decoder  # type: ignore[attr-defined,assignment]
-    rtcrtpsender.get_encoder = _get_encoder  # type: ignore[attr-defined,assignment]
-    rtcrtpreceiver.RemoteBitrateEstimator = LazyBitrateEstimator  # type: ignore[attr-defined,assignment]
+    seams.install_codec_hooks(
+        decoder_worker=_decoder_worker,
+        get_decoder=_get_decoder,
+        get_encoder=_get_encoder,
+        bitrate_estimator=LazyBitrateEstimator,
+    )
     _installed = True

@@ -11,6 +11,16 @@ changes made meanwhile (someone joins or leaves) are folded into the next offer,
 answer is in. Leaving ends the forwarded tracks at once (the senders stop, which sends RTCP BYE)
 and the next offer marks their m-lines inactive; aiortc cannot remove m-lines.
 
+An answer is checked against the offer it answers (:func:`vio.media.sdp.check_answer`)
+before aiortc applies it; a refused answer leaves the offer outstanding. Failures of aiortc's
+background connection tasks are logged (participant and error type only), never left as
+unretrieved task exceptions.
+
+A forwarded leg is paused, i.e. carries none of its publisher's packets, while any reason
+says so: video not selected for its receiver, publisher and receiver in different spaces, or
+forwarding of that kind switched off for the publisher (:meth:`MediaRouter.set_forwarding`,
+the server-side mute).
+
 Speaking and media presence come from packets, never from decoding: the RTP
 ``ssrc-audio-level`` header extension (RFC 6464) when the client sends it, else the Opus
 payload size; and when an audio or video frame last arrived from each participant.
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -32,8 +43,11 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import RtpPacket
 
+from . import seams
+from .errors import MediaError
 from .ice import rtc_configuration
 from .passthrough import ForwardedTrack, PacketSource, attach_source, install_passthrough_hooks
+from .sdp import check_answer
 
 __all__ = ["MediaConfig", "MediaError", "MediaRouter", "MediaState", "TrackInfo"]
 
@@ -41,10 +55,6 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("audio", "video")
 _PINNED_CODECS = {"audio": ("audio/opus",), "video": ("video/vp8", "video/rtx")}
-
-
-class MediaError(ValueError):
-    """A media request that cannot be carried out; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,9 @@ class _Participant:
     last_loud: float = -float("inf")
     removed: bool = False
     needs_offer: bool = False
-    awaiting_answer: bool = False
+    offer: str | None = None
+    """The offer sent and not yet answered."""
+    applying_answer: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     negotiator: asyncio.Task[None] | None = None
 
@@ -159,6 +171,7 @@ class MediaRouter:
         self._speaker_order: list[str] = []
         self._speaking: list[str] = []
         self._spaces: dict[str, str] = {}
+        self._forwarding_off: dict[str, set[str]] = {}
         self._codecs = {kind: _pinned_codecs(kind) for kind in KINDS}
         self._monitor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -178,6 +191,7 @@ class MediaRouter:
         if pid in self._participants:
             raise MediaError(f"participant {pid!r} is already connected")
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
+        seams.guard_connect(pc, functools.partial(self._connection_failed, pid))
         p = _Participant(pid=pid, is_therapist=is_therapist, pc=pc, on_offer=on_offer)
         for kind in KINDS:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
@@ -205,19 +219,31 @@ class MediaRouter:
     async def accept_answer(self, pid: str, sdp: str) -> None:
         """Apply ``pid``'s answer to the offer last sent to it.
 
-        Raises :class:`MediaError` for an unknown participant, when no offer is outstanding, or
-        when the answer cannot be applied (the offer then stays outstanding).
+        The answer is checked against that offer first (:func:`vio.media.sdp.check_answer`).
+        Raises :class:`MediaError` for an unknown participant, when no offer is outstanding or
+        an answer to it is being applied, or when the answer is refused; a refused answer
+        changes nothing and the offer stays outstanding.
         """
         p = self._participants.get(pid)
         if p is None:
             raise MediaError(f"participant {pid!r} is not connected")
-        if not p.awaiting_answer:
-            raise MediaError(f"no offer to {pid!r} is waiting for an answer")
+        if p.offer is None:
+            raise MediaError("no offer is waiting for an answer")
+        if p.applying_answer:
+            raise MediaError("an answer to this offer is already being applied")
+        check_answer(p.offer, sdp)
+        p.applying_answer = True
         try:
             await p.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:
-            raise MediaError(f"answer from {pid!r} was refused: {exc}") from exc
-        p.awaiting_answer = False
+            detail = str(exc)
+            raise MediaError(
+                f"the answer could not be applied: {detail}" if detail
+                else "the answer could not be applied"
+            ) from exc
+        finally:
+            p.applying_answer = False
+        p.offer = None
         p.wake.set()
 
     async def remove_participant(self, pid: str) -> None:
@@ -228,6 +254,7 @@ class MediaRouter:
         """
         p = self._participants.pop(pid, None)
         self._spaces.pop(pid, None)
+        self._forwarding_off.pop(pid, None)
         if p is None:
             return
         p.removed = True
@@ -305,6 +332,33 @@ class MediaRouter:
             self._spaces[pid] = space
         self._replan()
 
+    def set_forwarding(self, pid: str, kind: str, allowed: bool) -> None:
+        """Forward ``pid``'s ``kind`` (``"audio"`` or ``"video"``) to the others, or not at all.
+
+        While ``allowed`` is false none of ``pid``'s packets of that kind reach anyone, whatever
+        the client keeps sending (a server-side mute), and with audio off ``pid`` does not
+        count as speaking; :meth:`media_state` still reports what arrives. Switched back on,
+        forwarding resumes where selective video and spaces allow it; video legs wait for a
+        keyframe and ask for one. Like :meth:`set_space` it may be set before ``pid``
+        connects, and it is forgotten when ``pid`` is removed.
+
+        Raises :class:`MediaError` for a kind other than audio and video.
+        """
+        if kind not in KINDS:
+            raise MediaError(f"{kind!r} is not a kind of media; it is audio or video")
+        off = self._forwarding_off.setdefault(pid, set())
+        if allowed:
+            off.discard(kind)
+        else:
+            off.add(kind)
+        if not off:
+            del self._forwarding_off[pid]
+        self._replan()
+
+    def forwarding(self, pid: str, kind: str) -> bool:
+        """Whether forwarding of ``pid``'s ``kind`` is on (see :meth:`set_forwarding`)."""
+        return kind not in self._forwarding_off.get(pid, ())
+
     def participants(self) -> list[str]:
         """The connected participants, in order of arrival."""
         return list(self._participants)
@@ -320,7 +374,7 @@ class MediaRouter:
         while not p.removed:
             await p.wake.wait()
             p.wake.clear()
-            if p.removed or p.awaiting_answer or not p.needs_offer:
+            if p.removed or p.offer is not None or not p.needs_offer:
                 continue
             p.needs_offer = False
             try:
@@ -328,7 +382,7 @@ class MediaRouter:
             except Exception:
                 logger.exception("making an offer for %s failed", p.pid)
                 continue
-            p.awaiting_answer = True
+            p.offer = sdp
             try:
                 await p.on_offer(sdp, tracks)
             except Exception:
@@ -358,12 +412,12 @@ class MediaRouter:
                 if (publisher.pid, kind) in p.outgoing:
                     continue
                 track = ForwardedTrack(publisher.sources[kind], queue_size=self.config.queue_size)
-                track.set_paused(kind == "video" and publisher.pid not in allowed)
+                track.set_paused(self._leg_paused(p, publisher.pid, kind, allowed))
                 transceiver = p.pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(self._codecs[kind])
                 # One MediaStream (msid) per publisher, so a browser can lip-sync its tracks.
-                transceiver.sender._stream_id = publisher.stream_id
-                transceiver.sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+                seams.set_sender_stream_id(transceiver.sender, publisher.stream_id)
+                seams.on_keyframe_request(transceiver.sender, track.request_keyframe)
                 p.outgoing[(publisher.pid, kind)] = _Leg(publisher.pid, kind, transceiver, track)
 
     async def _stop_negotiator(self, p: _Participant) -> None:
@@ -381,29 +435,43 @@ class MediaRouter:
 
         def send() -> None:
             for source in receiver.getSynchronizationSources():
-                self._spawn(receiver._send_rtcp_pli(source.source))
+                self._spawn(seams.send_pli(receiver, source.source))
 
         return send
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.warning("a keyframe request failed: %s", type(error).__name__)
+
+    def _connection_failed(self, pid: str, error: BaseException) -> None:
+        """A background task of ``pid``'s connection failed (addresses stay out of the log)."""
+        logger.warning("the media connection of %s failed: %s", pid, type(error).__name__)
 
     def _watch_audio(self, p: _Participant) -> None:
         """Note loud audio packets of ``p`` as they arrive, before aiortc handles them."""
-        receiver = p.inbound["audio"].receiver
-        handle = receiver._handle_rtp_packet
         max_level = self.config.speaking_max_level
         min_bytes = self.config.speaking_min_opus_bytes
 
-        def on_packet(packet: RtpPacket, arrival_time_ms: int) -> Coroutine[Any, Any, None]:
-            level = packet.extensions.audio_level
-            if level[1] <= max_level if level is not None else len(packet.payload) >= min_bytes:
-                p.last_loud = time.monotonic()
-            return handle(packet, arrival_time_ms)
+        def wrap(handle: seams.RtpHandler) -> seams.RtpHandler:
+            def on_packet(packet: RtpPacket, arrival_time_ms: int) -> Coroutine[Any, Any, None]:
+                level = packet.extensions.audio_level
+                if (
+                    level[1] <= max_level
+                    if level is not None
+                    else len(packet.payload) >= min_bytes
+                ):
+                    p.last_loud = time.monotonic()
+                return handle(packet, arrival_time_ms)
 
-        receiver._handle_rtp_packet = on_packet  # type: ignore[method-assign]
+            return on_packet
+
+        seams.wrap_rtp_handler(p.inbound["audio"].receiver, wrap)
 
     def _measure(self, p: _Participant, now: float) -> MediaState:
         cutoff = now - self.config.media_timeout_s
@@ -421,7 +489,11 @@ class MediaRouter:
         for p in self._participants.values():
             self._set_state(p, self._measure(p, now))
         hold = self.config.speaker_hold_s
-        loud = {pid for pid, p in self._participants.items() if now - p.last_loud <= hold}
+        loud = {
+            pid
+            for pid, p in self._participants.items()
+            if now - p.last_loud <= hold and "audio" not in self._forwarding_off.get(pid, ())
+        }
         onsets = sorted(
             (pid for pid in loud if pid not in self._speaking),
             key=lambda pid: self._participants[pid].last_loud,
@@ -470,12 +542,22 @@ class MediaRouter:
         ]
         return frozenset(therapists + others[: self.config.max_video_forwarded])
 
+    def _leg_paused(
+        self, receiver: _Participant, publisher: str, kind: str, allowed_video: frozenset[str]
+    ) -> bool:
+        """Whether the leg of ``publisher``'s ``kind`` to ``receiver`` carries nothing.
+
+        ``allowed_video`` is ``self._allowed_video(receiver)``, which already keeps to the
+        receiver's space.
+        """
+        if kind in self._forwarding_off.get(publisher, ()):
+            return True
+        if kind == "video":
+            return publisher not in allowed_video
+        return self._spaces.get(publisher) != self._spaces.get(receiver.pid)
+
     def _replan(self) -> None:
         for p in self._participants.values():
             allowed = self._allowed_video(p)
-            space = self._spaces.get(p.pid)
             for (publisher, kind), leg in p.outgoing.items():
-                if kind == "video":
-                    leg.track.set_paused(publisher not in allowed)
-                else:
-                    leg.track.set_paused(self._spaces.get(publisher) != space)
+                leg.track.set_paused(self._leg_paused(p, publisher, kind, allowed))
