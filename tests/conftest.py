@@ -125,11 +125,15 @@ class LiveServer:
 
         import uvicorn
 
+        from vio.listen import listening_socket
+
         self.app = create_app(settings, clock=clock)
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning",
-            ws_max_size=settings.ws_frame_cap_bytes, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+            self.app, log_level="warning", ws_max_size=settings.ws_frame_cap_bytes,
+            lifespan="on"))
+        self.socket = listening_socket("127.0.0.1", 0, settings.ws_send_buffer_bytes)
+        self.thread = threading.Thread(target=self.server.run,
+                                       kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
         import time
@@ -139,7 +143,7 @@ class LiveServer:
         while not self.server.started:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
+        port = self.socket.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         self.ws_base = f"ws://127.0.0.1:{port}"
         return self
@@ -147,6 +151,7 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(seconds(10))
+        self.socket.close()
 
 
 @pytest.fixture

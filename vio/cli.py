@@ -56,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from vio.app import create_app
+    from vio.listen import listening_socket
 
     settings = _settings()
     if "VIO_PUBLIC_BASE_URL" not in os.environ:
@@ -68,8 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"vio demo is ready: open {settings.public_base_url}/ "
               f"(therapist sign-in: therapist@demo.vio / demo-therapist; "
               f"patient links: `vio demo-links --json`)", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port,
-                log_level="info", ws_max_size=settings.ws_frame_cap_bytes)
+    sock = listening_socket(args.host, args.port, settings.ws_send_buffer_bytes)
+    config = uvicorn.Config(create_app(settings), log_level="info",
+                            ws_max_size=settings.ws_frame_cap_bytes)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

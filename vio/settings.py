@@ -165,6 +165,10 @@ class Settings:
         """Frames above the message limit get ``message-too-large`` up to this; above, 1009."""
         return 4 * self.ws_max_message_bytes
 
+    ws_send_buffer_bytes: int = setting(
+        "VIO_WS_SEND_BUFFER_BYTES", 131072, _int(4096, 16 << 20),
+        "Kernel send buffer of each client connection: how much a client that stops reading "
+        "can hold before the send deadline drops it.")
     ws_send_queue: int = setting(
         "VIO_WS_SEND_QUEUE", 64, _int(4, 10000),
         "Messages queued for one client before it is dropped as too slow.")

@@ -73,8 +73,8 @@ def handle(room: Room, participant: Participant, msg: ClientMessage) -> list[Eff
         raise BadMessage("unknown-type", f"Unknown message type {msg.type[:40]!r}.")
     if not room.is_current(participant):
         return []
-    if handler.standing is not Standing.CONNECTED and not participant.admitted:
-        raise NotAllowed("waiting", "Please wait until a therapist lets you in.")
     if handler.standing is Standing.THERAPIST and not participant.is_therapist:
         raise NotAllowed("not-allowed", "Only the session's therapists can do that.")
+    if handler.standing is not Standing.CONNECTED and not participant.admitted:
+        raise NotAllowed("waiting", "Please wait until a therapist lets you in.")
     return handler.act(room, participant, msg)
