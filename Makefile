@@ -31,9 +31,14 @@ demo-links: $(VENV)/.runtime
 test: $(VENV)/.test system-packages lint types
 	$(BIN)/python -m pytest
 
+# Debian packages the tests drive: the browser, network namespaces and filtering, HTTPS in
+# front (Caddy) and TURN (coturn). Installed only when one is missing.
+SYSTEM_PACKAGES := chromium util-linux iproute2 nftables caddy coturn
+
 system-packages:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium util-linux iproute2; \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
 lint: $(VENV)/.test

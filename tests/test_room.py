@@ -197,6 +197,23 @@ def test_a_locked_microphone_stays_off_until_the_therapist_allows():
     assert SetForwarding(dana.id, "audio", True) in room.media(dana, audio=True, video=True)
 
 
+def test_a_locked_microphone_outlives_a_reconnect():
+    room = new_room(waiting_room=WaitingRoomPolicy.OPEN)
+    jordan, _ = join(room, THERAPIST)
+    dana, _ = join(room, PATIENTS[0])
+    room.hold(jordan, dana.id, "audio", lock=True)
+    room.hold(jordan, dana.id, "video")
+    room.disconnected(dana, Dropped("connection-lost", "gone"))
+    again, effects = join(room, PATIENTS[0])
+    assert again.mic_locked and again.held == {"audio", "video"} and not again.audio
+    kinds = [type(e) for e in effects]
+    # Held back from the first packet: the hold comes right after the media is set up.
+    assert kinds.index(AddMedia) < kinds.index(SetForwarding)
+    assert {e.kind for e in effects if isinstance(e, SetForwarding)} == {"audio", "video"}
+    room.media(again, audio=False, video=True)  # her camera back on, microphone still locked
+    assert room.holds[PATIENTS[0].identity] == (frozenset({"audio"}), True)
+
+
 def test_lock_extend_warnings_and_the_end():
     room = new_room(waiting_room=WaitingRoomPolicy.OPEN)
     clock = room.clock

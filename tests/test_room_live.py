@@ -232,3 +232,33 @@ async def test_a_failed_attendance_record_refuses_the_join_and_leaves_no_ghost(
     finally:
         async with engine.begin() as conn:
             await conn.execute(text("ALTER TABLE attendance_hidden RENAME TO attendance_events"))
+
+
+async def test_a_muted_track_is_not_forwarded_even_if_the_client_keeps_sending(
+        place, live_server, db, live_settings, clock):
+    """Bots ignore ``moderated``: they keep sending. The third participant must hear nothing."""
+    from tests.test_signaling import Room as Bots
+    from tests.test_signaling import patient_cookie, therapist_cookie
+
+    await place.waiting_room(WaitingRoomPolicy.OPEN)
+    session_id = (await place.group_session()).id
+    bots = Bots(live_server, session_id)
+    therapist = bots.start(await therapist_cookie(live_server))
+    ann = bots.start(await patient_cookie(db, live_settings, clock, live_server, ROSTER[0]))
+    ben = bots.start(await patient_cookie(db, live_settings, clock, live_server, ROSTER[1]))
+    try:
+        def from_ann():
+            return ben.result.remote.get(ann.participant_id or "")
+
+        await _wait(lambda: from_ann() is not None and from_ann().audio_frames > 20
+                    and from_ann().video_frames > 5, 20, "ben receiving ann")
+        await therapist.send({"type": "mute", "participant_id": ann.participant_id})
+        await asyncio.sleep(seconds(0.5))  # packets already on their way
+        audio, video = from_ann().audio_frames, from_ann().video_frames
+        await asyncio.sleep(seconds(1.5))
+        assert from_ann().audio_frames == audio  # ~75 frames would have come in 1.5 s
+        assert from_ann().video_frames > video + 5
+        await ann.send({"type": "media", "audio": True, "video": True})  # she unmutes herself
+        await _wait(lambda: from_ann().audio_frames > audio + 25, 10, "ann heard again")
+    finally:
+        await bots.close()

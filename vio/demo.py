@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vio import clinic, family
+from vio.identity import patient_identity
 from vio.models import (
     AgeGroup,
     AttendanceEvent,
@@ -173,7 +174,7 @@ async def _past_week(db: AsyncSession, people: DemoPeople, now: datetime) -> Non
             if minutes is None:
                 continue
             patient = people.patients[name]
-            person, connection = f"patient:{patient.id}", f"p-demo-{session.id}-{number}"
+            person, connection = patient_identity(patient.id), f"p-demo-{session.id}-{number}"
             joined = start + timedelta(minutes=LIVE_SESSION_MINUTES - minutes)
             for at, kind, detail in (
                     (joined - timedelta(minutes=2), AttendanceKind.CHECKED_IN,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from vio import clinic
 from vio.errors import REFUSAL_TEXT
 from vio.errors import InviteRefused as InviteRefused
+from vio.identity import family_member_identity, patient_identity
 from vio.models import (
     Consent,
     ConsentKind,
@@ -80,7 +81,7 @@ async def issue_invite(db: AsyncSession, session: Session, member: FamilyMember,
                           expires_at=session.ends_at)
     db.add(invite)
     await db.flush()
-    await clinic.audit(db, now, actor, "family-invite-issued", f"family-member:{member.id}",
+    await clinic.audit(db, now, actor, "family-invite-issued", family_member_identity(member.id),
                        session=session.id, invite=invite.id)
     return f"{invite.id}.{secret}"
 
@@ -124,7 +125,7 @@ async def revoke_invite(db: AsyncSession, invite: FamilyInvite, actor: str,
     if invite.revoked_at is None:
         invite.revoked_at = now
         await clinic.audit(db, now, actor, "family-invite-revoked",
-                           f"family-member:{invite.family_member_id}", invite=invite.id)
+                           family_member_identity(invite.family_member_id), invite=invite.id)
 
 
 async def revoke_consent(db: AsyncSession, consent: Consent, actor: str,
@@ -134,7 +135,7 @@ async def revoke_consent(db: AsyncSession, consent: Consent, actor: str,
     Returns the ids of the invites revoked.
     """
     consent.revoked_at = now
-    await clinic.audit(db, now, actor, "consent-revoked", f"patient:{consent.patient_id}",
+    await clinic.audit(db, now, actor, "consent-revoked", patient_identity(consent.patient_id),
                        consent=consent.id, kind=consent.kind.value)
     if consent.kind is not ConsentKind.FAMILY_DISCLOSURE or consent.family_member_id is None:
         return []

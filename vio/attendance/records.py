@@ -36,6 +36,7 @@ from vio.attendance.intervals import (
     needs_heartbeats,
 )
 from vio.attendance.models import REASON_MAX_CHARS, AttendanceReview
+from vio.identity import family_invite_identity, patient_identity, staff_identity
 from vio.models import (
     AttendanceEvent,
     AttendanceKind,
@@ -58,10 +59,6 @@ ROLE_ORDER = {"therapist": 0, "patient": 1, "family": 2}
 FAMILY_WITH_PATIENT = "90847"
 FAMILY_WITHOUT_PATIENT = "90846"
 ATTENDED = frozenset({AttendanceStatus.PRESENT, AttendanceStatus.PARTIAL})
-
-
-def patient_identity(patient_id: int) -> str:
-    return f"patient:{patient_id}"
 
 
 @dataclass(frozen=True)
@@ -290,7 +287,7 @@ async def override_status(db: AsyncSession, record: SessionAttendance, person: s
     review = AttendanceReview(session_id=record.session.id, person=person, status=status,
                               reason=reason, by_staff_id=staff.id, at=now)
     db.add(review)
-    await clinic.audit(db, now, f"staff:{staff.id}", "attendance-override",
+    await clinic.audit(db, now, staff_identity(staff.id), "attendance-override",
                        f"session:{record.session.id}", person=person, status=status.value,
                        measured=current.attendance.status.value, reason=reason)
     await db.flush()
@@ -307,7 +304,7 @@ async def sign_off(db: AsyncSession, record: SessionAttendance, staff: StaffUser
     review = AttendanceReview(session_id=record.session.id, by_staff_id=staff.id, at=now,
                               signed_off_at=now, signed_off_by=staff.id)
     db.add(review)
-    await clinic.audit(db, now, f"staff:{staff.id}", "attendance-sign-off",
+    await clinic.audit(db, now, staff_identity(staff.id), "attendance-sign-off",
                        f"session:{record.session.id}",
                        statuses={p.person: p.status.value for p in record.people})
     await db.flush()
@@ -405,7 +402,7 @@ async def person_names(db: AsyncSession, persons: Iterable[str]) -> dict[str, st
     for chunk in _chunks(ids["staff"]):
         for sid, name in await db.execute(
                 select(StaffUser.id, StaffUser.name).where(StaffUser.id.in_(chunk))):
-            names[f"staff:{sid}"] = name
+            names[staff_identity(sid)] = name
     for invite in ids["family-invite"]:
-        names[f"family-invite:{invite}"] = f"Family member (invite {invite})"
+        names[family_invite_identity(invite)] = f"Family member (invite {invite})"
     return names

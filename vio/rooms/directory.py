@@ -7,7 +7,7 @@ from collections.abc import Callable
 from vio.clock import Clock
 from vio.errors import Refusal
 from vio.media import MediaRouter
-from vio.rooms.admission import SessionFacts
+from vio.rooms.admission import Person, SessionFacts
 from vio.rooms.live import LiveRoom, RoomStore
 from vio.rooms.room import Room
 from vio.settings import Settings
@@ -36,11 +36,17 @@ class RoomDirectory:
         if self.rooms.get(live.id) is live:
             del self.rooms[live.id]
 
+    def remove_matching(self, which: Callable[[Person], bool], reason: Refusal,
+                        keep_out: bool = True) -> int:
+        """Take everyone matching ``which`` out of every live room at once (a revoked consent
+        or link, a sign-out, a deactivated account); ``keep_out``: for the rest of the session."""
+        return sum(live.remove_matching(which, reason, keep_out)
+                   for live in list(self.rooms.values()))
+
     def remove_family_member(self, family_member_id: int, reason: Refusal) -> int:
         """Take a family member out of every live room at once (their consent was revoked)."""
-        return sum(live.remove_matching(
+        return self.remove_matching(
             lambda person: person.family_member_id == family_member_id, reason)
-            for live in list(self.rooms.values()))
 
     async def close(self) -> None:
         for live in list(self.rooms.values()):

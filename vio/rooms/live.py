@@ -125,9 +125,10 @@ class LiveRoom:
         """Act on one validated message; raises ``BadMessage``/``NotAllowed`` (nothing changed)."""
         self.apply(messages.handle(self.room, participant, msg))
 
-    def remove_matching(self, which: Callable[[Person], bool], reason: Refusal) -> int:
+    def remove_matching(self, which: Callable[[Person], bool], reason: Refusal,
+                        keep_out: bool = True) -> int:
         before = len(self.room.everyone())
-        self.apply(self.room.remove_matching(which, reason))
+        self.apply(self.room.remove_matching(which, reason, keep_out))
         return before - len(self.room.everyone())
 
     async def shutdown(self) -> None:

@@ -103,6 +103,8 @@ class Room:
         self.waiting: dict[str, Participant] = {}
         self.removed: set[str] = set()
         self.dropped_at: dict[str, datetime] = {}  # identity -> when their connection dropped
+        # identity -> (kinds a therapist holds back, microphone locked): outlives a reconnect
+        self.holds: dict[str, tuple[frozenset[str], bool]] = {}
         self.locked = False
         self.ended = False
         self.pending_warnings = sorted(settings.warning_minutes, reverse=True)
@@ -186,6 +188,10 @@ class Room:
         shown = name if person.role is Role.FAMILY and name else person.name
         participant = Participant(id=f"p-{secrets.token_hex(6)}", person=person, name=shown,
                                   outbox=outbox, arrived_at=now)
+        held, participant.mic_locked = self.holds.get(person.identity, (frozenset(), False))
+        participant.held = set(held)
+        participant.audio = "audio" not in held
+        participant.video = "video" not in held
         if straight_in:
             effects += self._seat(participant)
         else:
@@ -225,6 +231,7 @@ class Room:
             self._broadcast(message("participant-joined", participant=participant.public()),
                             exclude=participant),
             AddMedia(participant.id, participant.is_therapist),
+            *(SetForwarding(participant.id, kind, False) for kind in sorted(participant.held)),
         ]
         if participant.is_therapist:
             if self.facts.waiting_room is WaitingRoomPolicy.AUTO_WITH_THERAPIST:
@@ -286,11 +293,14 @@ class Room:
         return effects + self._depart(participant, AttendanceKind.DROPPED, reason,
                                       reason=reason.code)
 
-    def remove_matching(self, which: Callable[[Person], bool], reason: Refusal) -> list[Effect]:
-        """Refuse and disconnect everyone (in the room or waiting) matching ``which``."""
+    def remove_matching(self, which: Callable[[Person], bool], reason: Refusal,
+                        keep_out: bool = True) -> list[Effect]:
+        """Refuse and disconnect everyone (in the room or waiting) matching ``which``;
+        ``keep_out``: they may not come back to this session (a revoked consent)."""
         effects: list[Effect] = []
         for p in [p for p in self.everyone() if which(p.person)]:
-            self.removed.add(p.person.identity)
+            if keep_out:
+                self.removed.add(p.person.identity)
             effects.append(self._to([p], message("refused", code=reason.code,
                                                  message=reason.message)))
             effects += self._depart(p, AttendanceKind.REMOVED, reason, reason=reason.code)
@@ -315,6 +325,7 @@ class Room:
                 participant.held.discard(kind)
                 effects.append(SetForwarding(participant.id, kind, True))
         participant.audio, participant.video = audio, video
+        self._remember_holds(participant)
         return [*effects, self._broadcast(message(
             "media-state", participant_id=participant.id, audio=audio, video=video,
             mic_locked=participant.mic_locked))]
@@ -330,6 +341,13 @@ class Room:
         return [self._to(readers, out)]
 
     # --- a therapist's commands (every one audited) ------------------------------------------
+
+    def _remember_holds(self, participant: Participant) -> None:
+        if participant.held or participant.mic_locked:
+            self.holds[participant.person.identity] = (frozenset(participant.held),
+                                                       participant.mic_locked)
+        else:
+            self.holds.pop(participant.person.identity, None)
 
     def _seated(self, participant_id: str) -> Participant:
         target = self.participants.get(participant_id)
@@ -378,6 +396,7 @@ class Room:
         else:
             target.video = False
         target.held.add(kind)
+        self._remember_holds(target)
         action = "lock-mic" if lock else "mute" if kind == "audio" else "stop-video"
         return [self._audit(therapist, action, target.person.identity),
                 SetForwarding(target.id, kind, False),
@@ -390,6 +409,7 @@ class Room:
         """Let a participant unmute again (they turn the microphone on themselves)."""
         target = self._seated(participant_id)
         target.mic_locked = False
+        self._remember_holds(target)
         return [self._audit(therapist, "unlock-mic", target.person.identity),
                 self._to([target], message("moderated", action="unlock-mic")),
                 self._broadcast(message("media-state", participant_id=target.id,
