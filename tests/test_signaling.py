@@ -7,10 +7,10 @@ import json
 import time
 
 import pytest
-import websockets
 from sqlalchemy import select
 
 from tests.conftest import seconds
+from tests.wsclient import Client
 from vio import clinic
 from vio.bot import Bot, check_in_at_home, sign_in
 from vio.demo import ROSTER
@@ -138,13 +138,10 @@ async def test_bad_messages_get_errors_and_the_room_carries_on(live_server, db, 
     cookie = await patient_cookie(db, live_settings, clock, live_server, ROSTER[1])
     try:
         await wait_for(lambda: watcher.first_video.is_set(), seconds(20), "watcher's video")
-        async with websockets.connect(room.url, additional_headers={"Cookie": cookie}) as ws:
+        async with Client(room.url, cookie) as ws:
             async def reply(raw):
-                await ws.send(raw)
-                while True:
-                    msg = json.loads(await asyncio.wait_for(ws.recv(), seconds(5)))
-                    if msg["type"] in ("error", "pong", "welcome"):
-                        return msg
+                await ws.send_raw(raw)
+                return await ws.expect("error", "pong", "welcome")
 
             assert (await reply("{not json"))["code"] == "bad-message"
             assert (await reply('{"type": "join", "v": 1}'))["type"] == "welcome"
@@ -171,13 +168,10 @@ async def test_bad_messages_get_errors_and_the_room_carries_on(live_server, db, 
 
 async def test_not_signed_in_is_refused_with_a_close_code(live_server, db):
     session_id = await live_session_id(db)
-    async with websockets.connect(f"{live_server.ws_base}/ws/sessions/{session_id}") as ws:
-        await ws.send('{"type": "join", "v": 1}')
-        msg = json.loads(await asyncio.wait_for(ws.recv(), seconds(5)))
+    async with Client(f"{live_server.ws_base}/ws/sessions/{session_id}") as ws:
+        msg = await ws.join()
         assert msg["type"] == "refused" and msg["code"] == "not-signed-in"
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), seconds(5))
-        assert closed.value.rcvd.code == 4401
+        assert await ws.closed() == 4401
 
 
 async def test_side_room_keeps_media_between_the_two(live_server, db, live_settings, clock):

@@ -247,9 +247,8 @@ async def scenario_rules(links: dict[str, Any]) -> dict[str, Any]:
     """A patient checks in, waits, is admitted by the therapist, and sees the session end."""
     import sqlite3
 
-    import websockets
-
     from vio.bot import sign_in
+    from vio.client import SignalingClient
 
     database = links["env"]["VIO_DATABASE_URL"].split(":///", 1)[1]
     with sqlite3.connect(database) as conn:
@@ -260,8 +259,8 @@ async def scenario_rules(links: dict[str, Any]) -> dict[str, Any]:
     ws_url = links["base_url"].replace("http", "ws") + f"/ws/sessions/{session_id}"
     seen: dict[str, Any] = {}
     patient = next(p for p in links["patients"] if p["on_roster"])
-    async with websockets.connect(ws_url, additional_headers={"Cookie": web.cookie}) as therapist:
-        await therapist.send(json.dumps({"type": "join", "v": 1}))
+    async with SignalingClient(ws_url, cookie=web.cookie) as therapist:
+        await therapist.send(type="join", v=1)
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
@@ -281,15 +280,14 @@ async def scenario_rules(links: dict[str, Any]) -> dict[str, Any]:
                 seen["room_before_admit"] = await page.is_visible("#screen-room")
                 waiting_id = None
                 while waiting_id is None:
-                    msg = json.loads(await asyncio.wait_for(therapist.recv(), seconds(20)))
-                    if msg["type"] == "waiting-list" and msg["waiting"]:
+                    msg = await therapist.expect("waiting-list", within=seconds(20))
+                    if msg["waiting"]:
                         waiting_id = msg["waiting"][0]["participant_id"]
-                await therapist.send(json.dumps({"type": "admit",
-                                                 "participant_id": waiting_id}))
+                await therapist.send(type="admit", participant_id=waiting_id)
                 await page.wait_for_selector("#screen-room:not([hidden])",
                                              timeout=seconds(20) * 1000)
                 seen["room_screen"] = True
-                await therapist.send(json.dumps({"type": "end"}))
+                await therapist.send(type="end")
                 await page.wait_for_selector("#screen-ended:not([hidden])",
                                              timeout=seconds(20) * 1000)
                 seen["ended_screen"] = True
