@@ -304,6 +304,48 @@ def test_removing_a_family_member_on_consent_revocation():
     assert room.everyone() == [] and "family-invite:3" in room.removed
 
 
+def test_a_room_continues_from_its_saved_state():
+    room = new_room()
+    jordan, _ = join(room, THERAPIST)
+    dana, _ = join(room, PATIENTS[0])
+    marcus, _ = join(room, PATIENTS[1])
+    room.admit(jordan, dana.id)
+    room.admit(jordan, marcus.id)
+    room.remove(jordan, marcus.id, "reason")
+    room.hold(jordan, dana.id, "audio", lock=True)
+    room.side_room(jordan, dana.id)
+    room.extend(jordan, 10)
+    room.set_locked(jordan, True)
+    state, saved_at = room.durable(), room.clock.now()
+
+    # The process dies; another opens the room from what was saved, a little later.
+    again = Room(room.facts, SETTINGS, ManualClock(saved_at + timedelta(seconds=20)))
+    again.restore(state, saved_at)
+    assert again.durable() == {**state, "seated": [], "dropped": {
+        THERAPIST.identity: saved_at.isoformat(), PATIENTS[0].identity: saved_at.isoformat()}}
+    dana2, _ = join(again, PATIENTS[0])
+    assert dana2.admitted and dana2.mic_locked  # straight in past the lock, still held
+    jordan2, effects = join(again, THERAPIST)
+    assert jordan2.space == dana2.space == f"side-{THERAPIST.identity}"  # the side room holds
+    assert sent(effects, dana2.outbox) == ["participant-joined", "side-room", "side-room-state"]
+    for person, code in ((PATIENTS[1], "removed"), (PATIENTS[2], "room-locked")):
+        with pytest.raises(Refusal) as refused:
+            join(again, person)
+        assert refused.value.code == code
+    assert again.ends_at == room.ends_at
+
+
+def test_after_the_grace_a_saved_seat_waits_again():
+    room = new_room()
+    jordan, _ = join(room, THERAPIST)
+    dana, _ = join(room, PATIENTS[0])
+    room.admit(jordan, dana.id)
+    state, saved_at = room.durable(), room.clock.now()
+    again = Room(room.facts, SETTINGS, ManualClock(saved_at + timedelta(seconds=61)))
+    again.restore(state, saved_at)
+    assert not join(again, PATIENTS[0])[0].admitted
+
+
 # --- random storms ----------------------------------------------------------------------------
 
 class RoomStorm(RuleBasedStateMachine):

@@ -99,10 +99,12 @@ async def _read(ws: WebSocket, outbox: Outbox, session_id: int) -> None:
                       else await current_viewer(ws, db))
             person = await records.person_for(db, viewer)
             facts = await records.load_facts(db, session_id, app.clock.now())
+            saved = None if session_id in directory.rooms else await records.load_room_state(
+                db, session_id)
         if facts is None or person is None:
             admission(person, facts, EMPTY_ROOM, app.clock.now(), timedelta())  # raises
             return
-        live = directory.room_for(facts)
+        live = directory.room_for(facts, saved)
         participant = live.join(person, outbox, facts, name)
         while outbox.alive:
             raw = await _receive(ws, settings.ws_idle_timeout_seconds)

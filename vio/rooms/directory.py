@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from vio.clock import Clock
 from vio.errors import Refusal
@@ -22,12 +24,16 @@ class RoomDirectory:
         self.media_factory = media_factory
         self.rooms: dict[int, LiveRoom] = {}
 
-    def room_for(self, facts: SessionFacts) -> LiveRoom:
-        """The session's live room, opened now if it is not open (no ``await``: one per session)."""
+    def room_for(self, facts: SessionFacts,
+                 saved: tuple[dict[str, Any], datetime] | None = None) -> LiveRoom:
+        """The session's live room, opened now if it is not open (no ``await``: one per
+        session), continuing from its ``saved`` durable state when there is one."""
         live = self.rooms.get(facts.session_id)
         if live is None or live.closed or live.room.ended:
-            live = LiveRoom(Room(facts, self.settings, self.clock), self.media_factory(),
-                            self.store, on_closed=self._closed)
+            room = Room(facts, self.settings, self.clock)
+            if saved is not None:
+                room.restore(*saved)
+            live = LiveRoom(room, self.media_factory(), self.store, on_closed=self._closed)
             self.rooms[facts.session_id] = live
             live.start()
         return live

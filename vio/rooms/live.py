@@ -24,7 +24,7 @@ from typing import Any
 
 from vio.errors import BadMessage, Dropped, Refusal, refusal
 from vio.media import MediaError, MediaRouter, MediaState, TrackInfo
-from vio.models import SessionStatus
+from vio.models import AttendanceKind, SessionStatus
 from vio.protocol import ClientMessage, message
 from vio.rooms import messages
 from vio.rooms.admission import Person, SessionFacts
@@ -74,6 +74,10 @@ class RoomStore:
         """The patient's safety card for this session; the look is audited."""
         return {}
 
+    async def save_state(self, session_id: int, state: dict[str, Any]) -> None:
+        """Keep the room's durable state (``Room.durable``), replacing what was kept."""
+        return None
+
 
 class LiveRoom:
     """One room of this process: its state machine, media router, store and clock."""
@@ -89,6 +93,7 @@ class LiveRoom:
         self._done = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._clock: asyncio.Task[None] | None = None
+        self._saved: dict[str, Any] | None = None
         media.on_speaking_changed = lambda ids: self.apply(room.speaking(ids))
         media.on_media_state_changed = self._media_state
 
@@ -154,7 +159,10 @@ class LiveRoom:
                     self._wake.clear()
                     await self._wake.wait()
                 batch = self._batches.popleft()
-                if await self._carry_out(batch):
+                over = await self._carry_out(batch)
+                await self._save(force=any(isinstance(e, Record) and e.event.kind
+                                           is AttendanceKind.HEARTBEAT for e in batch))
+                if over:
                     return
         finally:
             await self._finish()
@@ -221,6 +229,19 @@ class LiveRoom:
                                   name=effect.name, **card))
         elif isinstance(effect, CloseMedia):
             await self.media.close()
+
+    async def _save(self, force: bool) -> None:
+        """Keep the room's durable state whenever it changed (and with every heartbeat, so
+        the saved moment is never older than one heartbeat)."""
+        state = self.room.durable()
+        if state == self._saved and not force:
+            return
+        try:
+            await self.store.save_state(self.id, state)
+        except Exception as error:
+            log.error("room %s: saving its state failed: %s", self.id, type(error).__name__)
+        else:
+            self._saved = state
 
     async def _accept_answer(self, effect: AcceptAnswer) -> None:
         participant = self.room.participants.get(effect.participant_id)

@@ -6,8 +6,9 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ForeignKey, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
 
 from vio import clinic, family
 from vio.clock import Clock
@@ -22,6 +23,7 @@ from vio.identity import (
 from vio.models import (
     AttendanceEvent,
     AttendanceKind,
+    Base,
     Consent,
     ConsentKind,
     FamilyInvite,
@@ -43,6 +45,33 @@ NEEDED_CONSENTS = {
     SessionKind.INDIVIDUAL: {ConsentKind.TELEHEALTH},
     SessionKind.FAMILY: {ConsentKind.TELEHEALTH},
 }
+
+
+class SavedRoom(Base):
+    """What a live room knows that must outlive the process serving it (``Room.durable``)."""
+
+    __tablename__ = "room_states"
+
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    state: Mapped[dict[str, Any]]
+    saved_at: Mapped[datetime]
+
+
+async def load_room_state(db: AsyncSession,
+                          session_id: int) -> tuple[dict[str, Any], datetime] | None:
+    """The room's saved durable state and when it was saved, if it was ever open."""
+    saved = await db.get(SavedRoom, session_id)
+    return None if saved is None else (dict(saved.state), saved.saved_at)
+
+
+async def save_room_state(db: AsyncSession, session_id: int, state: dict[str, Any],
+                          at: datetime) -> None:
+    saved = await db.get(SavedRoom, session_id)
+    if saved is None:
+        db.add(SavedRoom(session_id=session_id, state=state, saved_at=at))
+    else:
+        saved.state, saved.saved_at = state, at
+    await db.commit()
 
 
 async def person_for(db: AsyncSession, viewer: Viewer) -> Person | None:
@@ -194,6 +223,10 @@ class DatabaseRoomStore(RoomStore):
     async def record(self, session_id: int, event: RoomEvent) -> None:
         async with self._writing, self.db() as session:
             await append_event(session, session_id, self.clock.now(), event)
+
+    async def save_state(self, session_id: int, state: dict[str, Any]) -> None:
+        async with self._writing, self.db() as session:
+            await save_room_state(session, session_id, state, self.clock.now())
 
     async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
         async with self._writing, self.db() as session:

@@ -55,6 +55,7 @@ __all__ = ["Participant", "Room", "RoomEvent"]
 # How late a warning may still be sent (a room that opens 5 minutes before the end skips "10").
 WARNING_TOLERANCE = timedelta(minutes=1)
 KINDS = ("audio", "video")
+DURABLE_VERSION = 1
 
 
 @dataclass(eq=False)
@@ -105,6 +106,7 @@ class Room:
         self.dropped_at: dict[str, datetime] = {}  # identity -> when their connection dropped
         # identity -> (kinds a therapist holds back, microphone locked): outlives a reconnect
         self.holds: dict[str, tuple[frozenset[str], bool]] = {}
+        self.spaces: dict[str, str] = {}  # identity -> side room, also outliving a reconnect
         self.locked = False
         self.ended = False
         self.pending_warnings = sorted(settings.warning_minutes, reverse=True)
@@ -155,6 +157,45 @@ class Room:
             {"participant_id": w.id, "name": w.name, "role": w.person.role.value,
              "since": w.arrived_at.isoformat()} for w in self.waiting.values()])
         return self._to((p for p in self.participants.values() if p.is_therapist), listing)
+
+    # --- what outlives the process ----------------------------------------------------------
+
+    def durable(self) -> dict[str, Any]:
+        """What must outlive the process serving the room (saved as it changes, see
+        ``vio.rooms.live``): who is in, who was removed, the lock, the end, the warnings still
+        to give, the therapists' holds and the side rooms."""
+        return {
+            "version": DURABLE_VERSION,
+            "seated": sorted({p.person.identity for p in self.participants.values()}),
+            "dropped": {i: t.isoformat() for i, t in sorted(self.dropped_at.items())},
+            "removed": sorted(self.removed),
+            "locked": self.locked,
+            "ends_at": self.ends_at.isoformat(),
+            "pending_warnings": list(self.pending_warnings),
+            "holds": {i: {"held": sorted(held), "mic_locked": locked}
+                      for i, (held, locked) in sorted(self.holds.items())},
+            "spaces": dict(sorted(self.spaces.items())),
+            "ended": self.ended,
+        }
+
+    def restore(self, state: dict[str, Any], saved_at: datetime) -> None:
+        """Continue from a saved ``durable()`` state: everyone who was in the room at
+        ``saved_at`` counts as dropped then, so within the reconnect grace they come straight
+        back in (a locked room too); removed people stay out; lock, end and warnings hold."""
+        if state.get("version") != DURABLE_VERSION:
+            return
+        self.dropped_at = {i: datetime.fromisoformat(t) for i, t in state["dropped"].items()}
+        for identity in state["seated"]:
+            self.dropped_at[identity] = saved_at
+        self.removed = set(state["removed"])
+        self.locked = bool(state["locked"])
+        ends_at = datetime.fromisoformat(state["ends_at"])
+        if ends_at > self.ends_at:
+            self.facts = replace(self.facts, ends_at=ends_at)
+        self.pending_warnings = [int(m) for m in state["pending_warnings"]]
+        self.holds = {i: (frozenset(h["held"]), bool(h["mic_locked"]))
+                      for i, h in state["holds"].items()}
+        self.spaces = dict(state["spaces"])
 
     # --- arriving ---------------------------------------------------------------------------
 
@@ -233,6 +274,12 @@ class Room:
             AddMedia(participant.id, participant.is_therapist),
             *(SetForwarding(participant.id, kind, False) for kind in sorted(participant.held)),
         ]
+        space = self.spaces.get(participant.person.identity)
+        partners = [p for p in self.participants.values()
+                    if p is not participant and self.spaces.get(p.person.identity) == space]
+        if space is not None and partners:  # back into the side room they were in
+            effects += self._move([participant, *[p for p in partners if p.space != space]],
+                                  space)
         if participant.is_therapist:
             if self.facts.waiting_room is WaitingRoomPolicy.AUTO_WITH_THERAPIST:
                 for waiting in [w for w in self.waiting.values()
@@ -263,6 +310,7 @@ class Room:
                                                 participant_id=participant.id)),
                         RemoveMedia(participant.id)]
             if participant.is_therapist and participant.space is not None:
+                self.spaces.pop(participant.person.identity, None)
                 effects += self._back_to_main(participant.space)
         return effects
 
@@ -470,7 +518,7 @@ class Room:
             raise NotAllowed("not-allowed", "Choose someone else to talk with privately.")
         if therapist.space is not None:
             raise NotAllowed("not-allowed", "Bring the side room back first.")
-        space = f"side-{therapist.id}"
+        space = f"side-{therapist.person.identity}"
         return [self._audit(therapist, "side-room", target.person.identity),
                 *self._move([therapist, target], space)]
 
@@ -490,6 +538,10 @@ class Room:
         effects: list[Effect] = []
         for p in moved:
             p.space = space
+            if space is None:
+                self.spaces.pop(p.person.identity, None)
+            else:
+                self.spaces[p.person.identity] = space
             effects += [SetSpace(p.id, space),
                         self._to([p], message("side-room", space=space,
                                               with_ids=[q.id for q in moved if q is not p]))]
