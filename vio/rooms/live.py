@@ -183,7 +183,8 @@ class LiveRoom:
                 if isinstance(effect, Record):
                     log.error("room %s: an attendance record (%s) failed: %s", self.id,
                               effect.event.kind.value, type(error).__name__)
-                    unrecorded = effect.event.connection or ""
+                    if effect.event.connection:  # a heartbeat's failure acknowledges nothing
+                        unrecorded = effect.event.connection
                 elif isinstance(effect, AddMedia):
                     log.error("room %s: media for a newcomer failed: %s", self.id,
                               type(error).__name__)
