@@ -118,9 +118,11 @@ def csrf_from(html: str) -> str:
 
 
 class LiveServer:
-    """The real app under uvicorn on a loopback port, in a thread with its own event loop."""
+    """The real app under uvicorn on a loopback port, in a thread with its own event loop.
 
-    def __init__(self, settings: Settings, clock: OffsetClock) -> None:
+    ``port`` 0 takes any free port; a given port serves again where a stopped server was."""
+
+    def __init__(self, settings: Settings, clock: OffsetClock, port: int = 0) -> None:
         import threading
 
         import uvicorn
@@ -131,7 +133,7 @@ class LiveServer:
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, log_level="warning", ws_max_size=settings.ws_frame_cap_bytes,
             lifespan="on"))
-        self.socket = listening_socket("127.0.0.1", 0, settings.ws_send_buffer_bytes)
+        self.socket = listening_socket("127.0.0.1", port, settings.ws_send_buffer_bytes)
         self.thread = threading.Thread(target=self.server.run,
                                        kwargs={"sockets": [self.socket]}, daemon=True)
 

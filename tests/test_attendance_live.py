@@ -134,7 +134,8 @@ async def test_crash_loses_no_acknowledged_event(tmp_path):
         for patient in links["patients"][:2]:
             web = await asyncio.to_thread(sign_in, patient["link"])
             await asyncio.to_thread(check_in_at_home, web, session_id)
-            bots.append(Bot(f"ws://127.0.0.1:{port}/ws/sessions/{session_id}", web.cookie))
+            bots.append(Bot(f"ws://127.0.0.1:{port}/ws/sessions/{session_id}", web.cookie,
+                            reconnect=False))
         tasks = [asyncio.create_task(b.run(seconds(60))) for b in bots]
         await wait_for(lambda: all(b.result.admitted for b in bots), seconds(20), "welcome")
         acknowledged = {b.participant_id for b in bots}
