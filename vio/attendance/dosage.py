@@ -40,6 +40,7 @@ DAY_RULE_HOURS = 3  # H0015 / S9480: at least 3 attended hours in one day
 H0015_DAYS_PER_WEEK = 3  # H0015: on at least 3 days a week
 PATIENT_ROLE = "patient"
 ATTENDED = frozenset({AttendanceStatus.PRESENT, AttendanceStatus.PARTIAL})
+ALERT_HOURS_DECIMALS = 1  # hours as the dashboard shows them
 ISO_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 
 
@@ -209,6 +210,7 @@ class WeeklyDosage:
     remaining_seconds: int
     consecutive_absences: int
     alerts: tuple[DosageAlert, ...]
+    reasons: tuple[str, ...] = ()  # one sentence per alert, in the same order
 
     @property
     def attended_hours(self) -> float:
@@ -262,6 +264,7 @@ class WeeklyDosage:
             "sessions_remaining": self.sessions_remaining,
             "consecutive_absences": self.consecutive_absences,
             "alerts": [alert.value for alert in self.alerts],
+            "alert_reasons": list(self.reasons),
         }
 
 
@@ -288,16 +291,9 @@ def weekly_dosage(plan: DosagePlan, sessions: Sequence[ScheduledAttendance], wee
     to_come = [s for s in mine if s.ends_at > now]
     remaining = sum(((s.ends_at - max(s.starts_at, now)) // SECOND for s in to_come), 0)
     streak = consecutive_absences(sessions, min(now, end))
-    alerts: list[DosageAlert] = []
+    alerts: list[tuple[DosageAlert, str]] = []
     if start <= now:  # a week still to come raises nothing yet
-        previous = week.previous()
-        if plan.enrolled_during(previous) and sum(
-                _attended_in(sessions, previous, plan.timezone).values()) < plan.target_seconds:
-            alerts.append(DosageAlert.BELOW_TARGET_LAST_WEEK)
-        if plan.enrolled_during(week) and attended + remaining < plan.target_seconds:
-            alerts.append(DosageAlert.CANNOT_REACH_TARGET)
-        if streak >= plan.absences_before_outreach:
-            alerts.append(DosageAlert.CONSECUTIVE_ABSENCES)
+        alerts = _alerts(plan, sessions, week, now, attended, remaining, streak)
     return WeeklyDosage(
         patient_id=plan.patient_id, week=week, target_hours=plan.target_hours,
         attended_seconds=attended, day_seconds=tuple(sorted(by_day.items())),
@@ -306,7 +302,51 @@ def weekly_dosage(plan: DosagePlan, sessions: Sequence[ScheduledAttendance], wee
         sessions_missed=sum(1 for s in over if s.status is AttendanceStatus.ABSENT),
         sessions_excused=sum(1 for s in over if s.status is AttendanceStatus.EXCUSED),
         sessions_remaining=len(to_come), remaining_seconds=remaining,
-        consecutive_absences=streak, alerts=tuple(alerts))
+        consecutive_absences=streak, alerts=tuple(a for a, _ in alerts),
+        reasons=tuple(r for _, r in alerts))
+
+
+def _hours(seconds: float) -> float:
+    """Hours as staff see them (one decimal); alerts compare what they show."""
+    return round(seconds / SECONDS_PER_HOUR, ALERT_HOURS_DECIMALS)
+
+
+def _sessions(n: int) -> str:
+    return f"{n} session{'s' if n != 1 else ''}"
+
+
+def _alerts(plan: DosagePlan, sessions: Sequence[ScheduledAttendance], week: IsoWeek,
+            now: datetime, attended: int, remaining: int,
+            streak: int) -> list[tuple[DosageAlert, str]]:
+    """The alerts that are true of the patient's week, each with the sentence that shows why.
+
+    A week with nothing scheduled for the patient (no group, a holiday week) raises no hours
+    alert: there was nothing to attend. Hours are compared as staff see them, to one decimal,
+    so "9.0 of 9.0 h" is never flagged.
+    """
+    target = round(plan.target_hours, ALERT_HOURS_DECIMALS)
+    alerts = []
+    previous = week.previous()
+    p_start, p_end = previous.bounds(plan.timezone)
+    last_week = [s for s in sessions if p_start <= s.starts_at < p_end]
+    last_hours = _hours(sum(_attended_in(sessions, previous, plan.timezone).values()))
+    if plan.enrolled_during(previous) and last_week and last_hours < target:
+        missed = sum(1 for s in last_week if s.status is AttendanceStatus.ABSENT)
+        alerts.append((DosageAlert.BELOW_TARGET_LAST_WEEK,
+                       f"Attended {last_hours:.1f} of {target:.1f} h last week; "
+                       f"{_sessions(missed)} missed."))
+    start, end = week.bounds(plan.timezone)
+    this_week = [s for s in sessions if start <= s.starts_at < end]
+    reachable = _hours(attended + remaining)
+    if plan.enrolled_during(week) and this_week and reachable < target:
+        alerts.append((DosageAlert.CANNOT_REACH_TARGET,
+                       f"{_hours(attended):.1f} h attended and {_hours(remaining):.1f} h still "
+                       f"scheduled this week: at most {reachable:.1f} of {target:.1f} h."))
+    if streak >= plan.absences_before_outreach:
+        alerts.append((DosageAlert.CONSECUTIVE_ABSENCES,
+                       f"{_sessions(streak)} missed in a row without an excuse; time to reach "
+                       f"out."))
+    return alerts
 
 
 def dosage_by_week(plan: DosagePlan, sessions: Sequence[ScheduledAttendance],
