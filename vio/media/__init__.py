@@ -1,7 +1,7 @@
 """Media layer: the server end of every participant's WebRTC connection, forwarding media.
 
 See DESIGN.md, "Media facts". :class:`MediaRouter` is the room-facing API;
-:mod:`vio.media.ice` sets which addresses and STUN/TURN servers ICE uses;
+:mod:`vio.media.ice` sets which addresses, ports and STUN/TURN servers ICE uses;
 :mod:`vio.media.passthrough` forwards encoded media without decoding it;
 :mod:`vio.media.sdp` checks a participant's answer against the offer before it is applied;
 :mod:`vio.media.seams` is the one place that reaches into aiortc and aioice internals, and
@@ -12,7 +12,15 @@ checks at import that they are still there;
 from __future__ import annotations
 
 from .errors import MediaError
-from .ice import announce_host_addresses, announced_host_addresses, rtc_configuration
+from .ice import (
+    PortRange,
+    announce_host_addresses,
+    announced_host_addresses,
+    offer_with_public_address,
+    port_range,
+    rtc_configuration,
+    use_port_range,
+)
 from .passthrough import ForwardedTrack, install_passthrough_hooks
 from .router import MediaConfig, MediaRouter, MediaState, TrackInfo
 from .sdp import check_answer
@@ -25,12 +33,16 @@ __all__ = [
     "MediaError",
     "MediaRouter",
     "MediaState",
+    "PortRange",
     "ToneAudioTrack",
     "TrackInfo",
     "announce_host_addresses",
     "announced_host_addresses",
     "check_answer",
     "install_passthrough_hooks",
+    "offer_with_public_address",
+    "port_range",
     "read_counter",
     "rtc_configuration",
+    "use_port_range",
 ]

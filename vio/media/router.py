@@ -11,6 +11,11 @@ changes made meanwhile (someone joins or leaves) are folded into the next offer,
 answer is in. Leaving ends the forwarded tracks at once (the senders stop, which sends RTCP BYE)
 and the next offer marks their m-lines inactive; aiortc cannot remove m-lines.
 
+A newcomer's ICE candidates are gathered before they count as connected: when the server
+has no free media port (``VIO_RTC_PORT_RANGE`` exhausted), :meth:`MediaRouter.add_participant`
+raises :class:`MediaError` and nothing changes. Behind 1:1 NAT every offer shows the public
+address (:func:`vio.media.ice.offer_with_public_address`).
+
 An answer is checked against the offer it answers (:func:`vio.media.sdp.check_answer`)
 before aiortc applies it; a refused answer leaves the offer outstanding. Failures of aiortc's
 background connection tasks are logged (participant and error type only), never left as
@@ -45,7 +50,7 @@ from aiortc.rtp import RtpPacket
 
 from . import seams
 from .errors import MediaError
-from .ice import rtc_configuration
+from .ice import offer_with_public_address, rtc_configuration
 from .passthrough import ForwardedTrack, PacketSource, attach_source, install_passthrough_hooks
 from .sdp import check_answer
 
@@ -63,6 +68,10 @@ class MediaConfig:
 
     ice_servers: tuple[str, ...] = ()
     """STUN/TURN URLs for the server's peer connections; none by default (no public STUN)."""
+    public_address: str = ""
+    """Behind 1:1 NAT, the public address offers show instead of the private one."""
+    keep_private_address: bool = False
+    """With ``public_address``, offer the private host candidates as well."""
     queue_size: int = 32
     """Frames buffered per forwarded leg before it drops to the next keyframe."""
     keyframe_throttle_s: float = 0.5
@@ -185,11 +194,10 @@ class MediaRouter:
         """Create ``pid``'s connection; its first offer follows through ``on_offer``.
 
         Everyone already in the room is renegotiated to receive the newcomer's tracks.
+        Raises :class:`MediaError` when the router is closed, ``pid`` is already connected, or
+        no ICE candidate could be gathered (every port of the media port range in use).
         """
-        if self._closed:
-            raise MediaError("the media router is closed")
-        if pid in self._participants:
-            raise MediaError(f"participant {pid!r} is already connected")
+        self._check_new(pid)
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
         seams.guard_connect(pc, functools.partial(self._connection_failed, pid))
         p = _Participant(pid=pid, is_therapist=is_therapist, pc=pc, on_offer=on_offer)
@@ -206,6 +214,18 @@ class MediaRouter:
             attach_source(transceiver.receiver, source)
             p.inbound[kind] = transceiver
             p.sources[kind] = source
+        # One transport for all of p's media (max-bundle): gather it now, so that a server
+        # without a free media port refuses p here rather than offering no candidate.
+        gatherer = p.inbound[KINDS[0]].receiver.transport.transport.iceGatherer
+        try:
+            await gatherer.gather()
+            if not gatherer.getLocalCandidates():
+                logger.warning("no media port is free for %s", pid)
+                raise MediaError("the server has no free media port for this connection")
+            self._check_new(pid)
+        except BaseException:
+            await pc.close()
+            raise
         self._watch_audio(p)
         self._participants[pid] = p
         self._speaker_order.append(pid)
@@ -215,6 +235,12 @@ class MediaRouter:
         for participant in self._participants.values():
             self._request_offer(participant)
         self._replan()
+
+    def _check_new(self, pid: str) -> None:
+        if self._closed:
+            raise MediaError("the media router is closed")
+        if pid in self._participants:
+            raise MediaError(f"participant {pid!r} is already connected")
 
     async def accept_answer(self, pid: str, sdp: str) -> None:
         """Apply ``pid``'s answer to the offer last sent to it.
@@ -400,7 +426,11 @@ class MediaRouter:
             TrackInfo(leg.transceiver.mid or "", leg.publisher, leg.kind)
             for leg in p.outgoing.values()
         ]
-        return p.pc.localDescription.sdp, tracks
+        sdp = p.pc.localDescription.sdp
+        if self.config.public_address:
+            sdp = offer_with_public_address(sdp, self.config.public_address,
+                                            keep_private=self.config.keep_private_address)
+        return sdp, tracks
 
     def _add_legs(self, p: _Participant) -> None:
         """Add a send-only transceiver to ``p`` for each track of the others it lacks."""

@@ -1,7 +1,8 @@
 """Every place where vio.media reaches into aiortc or aioice beyond their public API.
 
-The media server forwards encoded media without decoding it and announces its own ICE host
-addresses; neither is possible through aiortc's public API (DESIGN.md, "Media facts"). The
+The media server forwards encoded media without decoding it, announces its own ICE host
+addresses and binds its media sockets inside a port range; none of this is possible through
+aiortc's public API (DESIGN.md, "Media facts"). The
 module functions, private attributes and private methods this takes are all reached through
 the small functions below, each of which names the internal it touches; nothing else in
 vio.media touches them.
@@ -16,6 +17,7 @@ forwarding nothing.
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.metadata
 import logging
 import queue
@@ -41,6 +43,7 @@ from aiortc.rtp import RtpPacket
 __all__ = [
     "TARGETS",
     "HostAddresses",
+    "HostPorts",
     "RtpHandler",
     "Target",
     "aiortc_decoder_worker",
@@ -54,6 +57,7 @@ __all__ = [
     "replace_track_queue",
     "send_pli",
     "set_host_addresses_provider",
+    "set_host_ports",
     "set_receiver_track",
     "set_sender_stream_id",
     "wrap_rtp_handler",
@@ -66,6 +70,9 @@ RtpHandler = Callable[[RtpPacket, int], Coroutine[Any, Any, None]]
 
 HostAddresses = Callable[[bool, bool], list[str]]
 """The shape of ``aioice.ice.get_host_addresses``: ``(use_ipv4, use_ipv6) -> addresses``."""
+
+HostPorts = Callable[[], Iterable[int]]
+"""The UDP ports to try, in order, for one ICE host socket (see :func:`set_host_ports`)."""
 
 
 class _Put(Protocol):
@@ -149,11 +156,24 @@ def check_targets(targets: Iterable[Target]) -> None:
 
 _aiortc_decoder_worker = rtcrtpreceiver.decoder_worker
 _aioice_get_host_addresses = aioice.ice.get_host_addresses
+_aioice_get_component_candidates = aioice.ice.Connection.get_component_candidates
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _CONNECT = "_RTCPeerConnection__connect"
 
 TARGETS: tuple[Target, ...] = (
     Target(aioice.ice, "get_host_addresses", used_by=(aioice.ice.Connection.gather_candidates,)),
+    Target(
+        aioice.ice.Connection,
+        "get_component_candidates",
+        used_by=(aioice.ice.Connection.gather_candidates,),
+    ),
+    Target(aioice.ice, "asyncio", used_by=(_aioice_get_component_candidates,)),
+    Target(asyncio, "get_running_loop", used_by=(_aioice_get_component_candidates,)),
+    Target(
+        asyncio.AbstractEventLoop,
+        "create_datagram_endpoint",
+        used_by=(_aioice_get_component_candidates,),
+    ),
     Target(rtcrtpreceiver, "decoder_worker", used_by=(RTCRtpReceiver.receive,)),
     Target(rtcrtpreceiver, "get_decoder", used_by=(_aiortc_decoder_worker,)),
     Target(rtcrtpreceiver, "RemoteBitrateEstimator", used_by=(RTCRtpReceiver.__init__,)),
@@ -196,6 +216,78 @@ def set_host_addresses_provider(provider: HostAddresses | None) -> None:
     """Replace ``aioice.ice.get_host_addresses`` with ``provider`` (``None``: aioice's own)."""
     ice_module: Any = aioice.ice
     ice_module.get_host_addresses = provider or _aioice_get_host_addresses
+
+
+class _LoopBindingPorts:
+    """The running loop, except that a datagram endpoint on port 0 takes a port of ``ports()``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: HostPorts) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(
+        self, protocol_factory: Callable[[], Any], local_addr: Any = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        if local_addr is None or local_addr[1] != 0:
+            return await self._loop.create_datagram_endpoint(
+                protocol_factory, local_addr=local_addr, **kwargs
+            )
+        for port in self._ports():
+            try:
+                return await self._loop.create_datagram_endpoint(
+                    protocol_factory, local_addr=(local_addr[0], port), **kwargs
+                )
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, "every port of the media port range is in use")
+
+
+class _AsyncioBindingPorts:
+    """The ``asyncio`` module as seen by one function: its running loop binds inside ``ports``."""
+
+    def __init__(self, ports: HostPorts) -> None:
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> _LoopBindingPorts:
+        return _LoopBindingPorts(asyncio.get_running_loop(), self._ports)
+
+
+def set_host_ports(ports: HostPorts | None) -> None:
+    """Bind every ICE host socket to the first free port of ``ports()`` (``None``: any port).
+
+    ``aioice.ice.Connection.get_component_candidates`` binds one UDP socket per host address
+    with ``asyncio.get_running_loop().create_datagram_endpoint(..., local_addr=(address, 0))``
+    and has no option for the port. It is replaced by the same function (aioice's own code
+    object) evaluated with a module ``asyncio`` of its own, whose running loop binds such a
+    socket to the first port of ``ports()`` that is free instead of port 0. When none is, the
+    bind fails with ``EADDRINUSE``, which aioice handles as for any address it cannot bind: it
+    logs it and gathers no candidate on that address. Nothing else in aioice sees the change;
+    sockets to a TURN server (the server's own relay candidates) keep ephemeral ports.
+    Process-wide, like :func:`set_host_addresses_provider`.
+    """
+    connection: Any = aioice.ice.Connection
+    if ports is None:
+        connection.get_component_candidates = _aioice_get_component_candidates
+        return
+    original = _aioice_get_component_candidates
+    replacement = types.FunctionType(
+        original.__code__,
+        {**original.__globals__, "asyncio": _AsyncioBindingPorts(ports)},
+        original.__name__,
+        original.__defaults__,
+        original.__closure__,
+    )
+    replacement.__kwdefaults__ = original.__kwdefaults__
+    replacement.__qualname__ = original.__qualname__
+    replacement.__doc__ = original.__doc__
+    connection.get_component_candidates = replacement
 
 
 # --- codecs -----------------------------------------------------------------------------------
