@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import seconds
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -77,3 +79,15 @@ def test_signaling_prints_join_rate_and_moderation_round_trip() -> None:
     summary = re.search(rf"^signaling media=aiortc: joins/s {NUMBER}, mute p50 ms {NUMBER}, "
                         rf"p99 ms {NUMBER}$", out, re.MULTILINE)
     assert summary is not None and all(float(x) > 0 for x in summary.groups())
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_scale_prints_rooms_carried_on_one_and_two_nodes() -> None:
+    out = run("scale.py", 120)
+    ratio = re.search(rf"^ratio rooms carried W=2 / W=1: {NUMBER}$", out, re.MULTILINE)
+    assert ratio is not None and float(ratio.group(1)) > 0, out[-2000:]
+    for w in (1, 2):
+        line = re.search(rf"^scale W={w} R=1: worst leg {NUMBER} %, server cpu ", out,
+                         re.MULTILINE)
+        assert line is not None and float(line.group(1)) > 0, out[-2000:]

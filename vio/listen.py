@@ -12,11 +12,15 @@ from __future__ import annotations
 import socket
 
 
-def listening_socket(host: str, port: int, send_buffer_bytes: int) -> socket.socket:
-    """A bound, listening TCP socket for ``host:port`` (port 0: any free port)."""
+def listening_socket(host: str, port: int, send_buffer_bytes: int, *,
+                     reuse_port: bool = False) -> socket.socket:
+    """A bound, listening TCP socket for ``host:port`` (port 0: any free port); with
+    ``reuse_port`` several processes listen on one port and share its connections."""
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
     sock.bind(info[4])
     sock.listen(2048)
