@@ -73,11 +73,20 @@ def test_the_window_opens_early_and_closes_at_the_end():
     admission(PATIENT, FACTS, ROOM, FACTS.ends_at - timedelta(seconds=1), EARLY)
 
 
-def test_therapists_enter_locked_and_full_rooms_and_admins_enter_any():
+def test_therapists_enter_locked_and_full_rooms_and_admins_of_the_program_enter_any():
     room = RoomView(**{**ROOM.__dict__, "locked": True, "occupancy": 3})
     admission(THERAPIST, FACTS, room, NOW, EARLY)
-    admin = Person("staff:99", Role.THERAPIST, "Admin", is_admin=True, staff_id=99)
+    admin = Person("staff:99", Role.THERAPIST, "Admin", is_admin=True, staff_id=99,
+                   program_id=1)
     admission(admin, FACTS, room, NOW, EARLY)
+
+
+def test_an_admin_of_another_program_is_not_on_the_roster():
+    other = Person("staff:98", Role.THERAPIST, "Other admin", is_admin=True, staff_id=98,
+                   program_id=2)
+    assert refused(person=other).code == "not-on-roster"
+    unknown = Person("staff:97", Role.THERAPIST, "No program", is_admin=True, staff_id=97)
+    assert refused(person=unknown).code == "not-on-roster"  # program always: fails closed
 
 
 def test_a_reconnecting_patient_gets_back_into_a_locked_room_and_skips_waiting():

@@ -24,6 +24,7 @@ from vio.app import create_app
 from vio.attendance import cli as attendance_cli
 from vio.attendance import records
 from vio.attendance.export import (
+    REDISCLOSURE_NOTICE,
     AttendanceRow,
     CsvProblem,
     ExportFormat,
@@ -125,7 +126,7 @@ def test_any_title_and_note_survive_the_csv(title, note, modifier):
         modality_note=note, place_of_service="02", billing_code="90853")
     text = write_csv([row])
     assert parse_csv(text) == [row]
-    for cell in text.splitlines()[1].split(","):
+    for cell in text.splitlines()[2].split(","):  # after the notice and the header
         assert not cell.startswith(("=", "+", "@"))  # never runs as a spreadsheet formula
 
 
@@ -133,8 +134,22 @@ def test_parser_names_the_bad_line():
     with pytest.raises(CsvProblem, match="line 1"):
         parse_csv("name,minutes\r\nDana,30\r\n")
     good = write_csv([])
-    with pytest.raises(CsvProblem, match="line 2"):
+    with pytest.raises(CsvProblem, match="line 3"):  # line 1 is the notice, 2 the header
         parse_csv(good + "1,x\r\n")
+    with pytest.raises(CsvProblem, match=r"line 1.*notice"):
+        parse_csv(good.split("\r\n", 1)[1])
+
+
+def test_every_export_carries_the_part_2_redisclosure_notice():
+    csv_text = write_csv([])
+    first_line = csv_text.split("\r\n", 1)[0]
+    assert first_line.strip('"') == REDISCLOSURE_NOTICE
+    assert "42 CFR part 2" in first_line and "2.31" in first_line
+    bundle = fhir_bundle([], TZ, NOW)
+    Bundle.model_validate(bundle)
+    labels = {(c["system"], c["code"]) for c in bundle["meta"]["security"]}
+    assert ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "42CFRPart2") in labels
+    assert ("http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "R") in labels
 
 
 async def test_fhir_bundle_validates_as_r4(db):
@@ -248,6 +263,9 @@ def test_command_line_export_and_dosage(sqlite_url, tmp_path: Path, monkeypatch,
     assert run("export", "attendance", "--from", "2026-11-02", "--to", "2026-11-22",
                "--format", "fhir", "--out", str(out)) == 0
     Bundle.model_validate(json.loads(out.read_text()))
+    assert out.stat().st_mode & 0o777 == 0o600  # protected health information: owner only
+    assert all(e["resource"]["meta"]["security"]
+               for e in json.loads(out.read_text())["entry"])
     assert run("export", "attendance", "--from", "2026-11-02", "--to", "2026-11-08") == 0
     printed = capsys.readouterr()
     assert parse_csv(printed.out) and "rows to standard output" in printed.err

@@ -319,3 +319,12 @@ def test_merging_is_idempotent_and_keeps_every_moment(intervals):
     for interval in intervals:
         if interval.start < interval.end:
             assert any(m.start <= interval.start and interval.end <= m.end for m in merged)
+
+
+def test_a_refused_attempt_is_on_the_record_and_counts_no_time():
+    log = Log()
+    log.add(5, K.REFUSED, "patient:4", code="room-locked")
+    log.add(9, K.REFUSED, "patient:4", code="room-locked")
+    (dana,) = attendance_by_person(log.events, WINDOW, THRESHOLD).values()
+    assert dana.refused == ((at(5), "room-locked"), (at(9), "room-locked"))
+    assert dana.attended_seconds == 0 and dana.status is AttendanceStatus.ABSENT

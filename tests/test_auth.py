@@ -58,17 +58,13 @@ def test_form_post_without_csrf_token_is_refused(client, demo):
     assert "Sneaky" not in client.get("/staff/groups").text
 
 
-def test_staff_idle_logoff(client, demo, settings):
+def test_staff_idle_logoff(client, demo, settings, clock):
     _login(client, "therapist@demo.vio", "demo-therapist")
     assert client.get("/staff").status_code == 200
-    import time as time_module
-
-    real_time = time_module.time
-    try:
-        time_module.time = lambda: real_time() + settings.idle_logoff_minutes * 60 + 5
-        assert client.get("/staff", follow_redirects=False).status_code == 303
-    finally:
-        time_module.time = real_time
+    clock.advance(timedelta(minutes=settings.idle_logoff_minutes - 1))
+    assert client.get("/staff", follow_redirects=False).status_code == 200  # a request resets
+    clock.advance(timedelta(minutes=settings.idle_logoff_minutes, seconds=5))
+    assert client.get("/staff", follow_redirects=False).status_code == 303
 
 
 async def _link_for(db, settings, clock, name="Dana Reyes"):

@@ -245,6 +245,23 @@ def test_lock_extend_warnings_and_the_end():
     assert room.tick() == [] and room.end("again") == []
 
 
+def test_a_locked_out_patient_is_noted_for_the_therapist_and_the_record():
+    room = new_room(waiting_room=WaitingRoomPolicy.OPEN)
+    jordan, _ = join(room, THERAPIST)
+    room.set_locked(jordan, True)
+    with pytest.raises(Refusal) as refused:
+        join(room, PATIENTS[0])
+    effects = room.refused(PATIENTS[0], refused.value)
+    assert records(effects) == [AttendanceKind.REFUSED]
+    assert next(e for e in effects if isinstance(e, Record)).event.detail == {
+        "code": "room-locked"}
+    notice = next(e for e in effects if isinstance(e, Send))
+    assert notice.to == (jordan.outbox,) and notice.message["type"] == "join-refused"
+    assert notice.message["name"] == PATIENTS[0].name
+    # Refusals that say nothing about the room (not on the roster) are not noted.
+    assert room.refused(PATIENTS[1], Refusal("not-on-roster", "x")) == []
+
+
 def test_heartbeats_name_who_is_present():
     room = new_room(waiting_room=WaitingRoomPolicy.OPEN)
     dana, _ = join(room, PATIENTS[0])

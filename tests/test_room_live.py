@@ -262,3 +262,20 @@ async def test_a_muted_track_is_not_forwarded_even_if_the_client_keeps_sending(
         await _wait(lambda: from_ann().audio_frames > audio + 25, 10, "ann heard again")
     finally:
         await bots.close()
+
+
+async def test_a_locked_out_attempt_reaches_the_therapist_and_the_log(place, live_server, db):
+    await place.waiting_room(WaitingRoomPolicy.OPEN)
+    url = await place.url()
+    async with Client(url, await place.staff()) as therapist:
+        assert (await therapist.join())["type"] == "welcome"
+        await therapist.send(type="lock")
+        await therapist.expect("room-state", locked=True)
+        async with Client(url, await place.patient(ROSTER[2])) as late:
+            assert (await late.join())["code"] == "room-locked"
+        notice = await therapist.expect("join-refused")
+        assert notice["code"] == "room-locked" and notice["name"]
+    db.expire_all()
+    attempts = (await db.execute(select(AttendanceEvent).where(
+        AttendanceEvent.kind == AttendanceKind.REFUSED))).scalars().all()
+    assert [a.detail["code"] for a in attempts] == ["room-locked"]

@@ -7,14 +7,63 @@ import pytest
 from vio.settings import Settings, SettingsError
 
 
-def test_defaults_need_no_environment(tmp_path, monkeypatch):
+def test_defaults_need_no_environment_and_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({})
-    assert settings.database_url == "sqlite+aiosqlite:///var/vio.sqlite3"
+    data = tmp_path / "home" / ".local" / "share" / "vio"
+    assert settings.data_dir == str(data)
+    assert settings.database_url == f"sqlite+aiosqlite:///{data / 'vio.sqlite3'}"
     assert settings.ice_servers == ()
     assert settings.join_early_minutes == 15
     assert settings.warning_minutes == (10, 2)
-    assert (tmp_path / "var" / "secret.key").read_text() == settings.secret_key
+    key = data / "secret.key"
+    assert key.read_text() == settings.secret_key
+    assert key.stat().st_mode & 0o777 == 0o600 and data.stat().st_mode & 0o777 == 0o700
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert Settings.from_env({}).secret_key == settings.secret_key  # the same key from anywhere
+    assert not (tmp_path / "var").exists()
+
+
+def test_data_dir_holds_the_database_and_the_key(tmp_path):
+    settings = Settings.from_env({"VIO_DATA_DIR": str(tmp_path / "vio-data")})
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path / 'vio-data' / 'vio.sqlite3'}"
+    assert (tmp_path / "vio-data" / "secret.key").read_text() == settings.secret_key
+    with pytest.raises(SettingsError, match="VIO_DATA_DIR"):
+        Settings.from_env({"VIO_DATA_DIR": "relative/dir", "VIO_SECRET_KEY": "k"})
+
+
+def test_the_database_its_log_and_the_data_folder_are_private(tmp_path):
+    import asyncio
+
+    from sqlalchemy import text
+
+    from vio.db import create_engine, migrate
+
+    folder = tmp_path / "data"
+    settings = Settings.from_env({"VIO_DATA_DIR": str(folder)})
+
+    async def use() -> None:
+        engine = create_engine(settings.database_url)
+        try:
+            await migrate(engine)
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE probe (x INTEGER)"))
+                await conn.execute(text("INSERT INTO probe VALUES (1)"))
+            for name in ("vio.sqlite3", "vio.sqlite3-wal", "vio.sqlite3-shm"):
+                mode = (folder / name).stat().st_mode & 0o777
+                assert mode == 0o600, (name, oct(mode))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(use())
+    assert folder.stat().st_mode & 0o777 == 0o700
+    existing = tmp_path / "old.sqlite3"
+    existing.touch(mode=0o644)
+    existing.chmod(0o644)
+    create_engine(f"sqlite+aiosqlite:///{existing}")
+    assert existing.stat().st_mode & 0o777 == 0o600  # an existing file is tightened
 
 
 @pytest.mark.parametrize(

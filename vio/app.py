@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,12 +17,17 @@ from starlette.staticfiles import StaticFiles
 
 from vio.clock import Clock, SystemClock
 from vio.db import create_engine, session_factory
-from vio.media import MediaConfig, MediaRouter, announce_host_addresses
-from vio.pages import attendance, auth, family, public, room, staff
+from vio.media import MediaConfig, MediaRouter, announce_host_addresses, use_port_range
+from vio.nodes.node import Node
+from vio.pages import attendance, auth, family, public, redact, room, staff, team
 from vio.pages.common import WEB, AppState, render
+from vio.pages.headers import HostCheck, SecurityHeaders
+from vio.pages.https import StrictTransportSecurity
+from vio.rooms import records
+from vio.rooms.admission import SessionFacts
 from vio.rooms.directory import RoomDirectory
 from vio.rooms.records import DatabaseRoomStore
-from vio.security import LoginThrottle, Signer
+from vio.security import AttemptCounter, Signer
 from vio.settings import Settings
 
 SESSION_COOKIE = "vio_session"
@@ -36,28 +42,49 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     engine = create_engine(settings.database_url)
+    db = session_factory(engine)
+    app_clock = clock or SystemClock()
     app_state = AppState(
         settings=settings,
-        clock=clock or SystemClock(),
-        db=session_factory(engine),
+        clock=app_clock,
+        db=db,
         signer=Signer(settings.secret_key),
-        login_throttle=LoginThrottle(settings.login_max_failures, settings.login_window_seconds),
+        sign_in_attempts=AttemptCounter(db, app_clock, settings.login_max_failures,
+                                        settings.login_window_seconds, "sign-in"),
     )
+    redact.install()
 
     if settings.ice_announce_addresses:
         announce_host_addresses(list(settings.ice_announce_addresses))
+    use_port_range(settings.rtc_port_range)
     media_config = MediaConfig(ice_servers=settings.ice_servers,
-                               max_video_forwarded=settings.max_video_forwarded)
+                               max_video_forwarded=settings.max_video_forwarded,
+                               public_address=settings.ice_public_address,
+                               keep_private_address=settings.ice_keep_private_address)
     rooms = RoomDirectory(settings, app_state.clock,
                           DatabaseRoomStore(app_state.db, app_state.clock),
                           lambda: MediaRouter(media_config))
 
+    async def load_facts(session_id: int) -> tuple[SessionFacts | None, Any]:
+        async with app_state.db() as db:
+            return (await records.load_facts(db, session_id, app_state.clock.now()),
+                    await records.load_room_state(db, session_id))
+
+    node = Node(settings, rooms, load_facts) if settings.redis_url else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redact.install_on_handlers()
+        if node is not None:
+            node.start()
         try:
             yield
         finally:
+            if node is not None:
+                node.drain()
             await rooms.close()
+            if node is not None:
+                await node.stop()
             await engine.dispose()
 
     app = Starlette(
@@ -68,18 +95,26 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
             *room.routes,
             *family.routes,
             *attendance.routes,
+            *team.routes,
             Mount("/static", StaticFiles(directory=WEB / "static"), name="static"),
         ],
         middleware=[
+            Middleware(SecurityHeaders, public_base_url=settings.public_base_url),
+            Middleware(HostCheck, public_base_url=settings.public_base_url),
+            *([Middleware(StrictTransportSecurity)]
+              if settings.public_base_url.startswith("https://") else []),
             Middleware(SessionMiddleware, secret_key=settings.secret_key,
                        session_cookie=SESSION_COOKIE, same_site="lax",
-                       https_only=settings.cookie_secure, max_age=14 * 24 * 3600),
+                       https_only=settings.cookies_secure, max_age=14 * 24 * 3600),
         ],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
     app.state.vio = app_state
     app.state.rooms = rooms
-    app.state.invite_throttle = LoginThrottle(settings.login_max_failures,
-                                              settings.login_window_seconds)
+    app.state.node = node
+    app.state.invite_throttle = AttemptCounter(app_state.db, app_state.clock,
+                                               settings.login_max_failures,
+                                               settings.login_window_seconds, "invite")
+    app.router.redirect_slashes = False  # a redirect would repeat the request's Host
     return app

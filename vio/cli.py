@@ -1,4 +1,5 @@
-"""The ``vio`` command: serve, migrate, demo links, and a headless bot participant."""
+"""The ``vio`` command: serve, doctor, migrate, staff accounts, demo links, and a headless bot
+participant."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from vio.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from vio.clinic import ChainReport
 
 
 def _settings() -> Settings:
@@ -52,28 +57,100 @@ async def _demo_links(settings: Settings) -> dict[str, object]:
         return links
 
 
+INSECURE_PUBLIC_URL = (
+    "vio: VIO_PUBLIC_BASE_URL={url} is plain http:// on an address other than this machine's "
+    "loopback, and browsers give the camera and microphone only to https:// pages. Set "
+    "VIO_PUBLIC_BASE_URL to the https:// address people use (docs/deploy.md), or pass "
+    "--insecure-http to serve plain HTTP anyway.")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from vio.doctor import tls_problem
+    from vio.pages.https import is_secure_origin
+
+    settings = _settings()
+    if "VIO_PUBLIC_BASE_URL" not in os.environ:
+        scheme = "https" if settings.tls_cert_file else "http"
+        settings = dataclasses.replace(
+            settings, public_base_url=f"{scheme}://{args.host}:{args.port}")
+    if not (args.insecure_http or is_secure_origin(settings.public_base_url)):
+        print(INSECURE_PUBLIC_URL.format(url=settings.public_base_url), file=sys.stderr)
+        return 2
+    problem = tls_problem(settings)
+    if problem is not None:
+        print(f"vio: {problem}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from vio.app import create_app
     from vio.listen import listening_socket
+    from vio.nodes.serving import NodeServer, run_workers
 
-    settings = _settings()
-    if "VIO_PUBLIC_BASE_URL" not in os.environ:
-        settings = dataclasses.replace(
-            settings, public_base_url=f"http://{args.host}:{args.port}")
+    if args.workers > 1 and not settings.redis_url:
+        print("vio serve: --workers needs VIO_REDIS_URL (the workers share rooms through it)",
+              file=sys.stderr)
+        return 2
     if args.demo:
+        settings = dataclasses.replace(settings, demo=True)
+    if args.worker:
+        pass  # the parent migrated (and seeded) already
+    elif args.demo:
         asyncio.run(_seed_demo(settings))
-    else:
-        asyncio.run(_migrate(settings))
         print(f"vio demo is ready: open {settings.public_base_url}/ "
               f"(therapist sign-in: therapist@demo.vio / demo-therapist; "
               f"patient links: `vio demo-links --json`)", flush=True)
-    sock = listening_socket(args.host, args.port, settings.ws_send_buffer_bytes)
-    config = uvicorn.Config(create_app(settings), log_level="info",
-                            ws_max_size=settings.ws_frame_cap_bytes)
-    uvicorn.Server(config).run(sockets=[sock])
+    else:
+        asyncio.run(_migrate(settings))
+        print(f"vio is serving {settings.public_base_url}/", flush=True)
+    if args.workers > 1:
+        return run_workers(["serve", "--worker", "--host", args.host, "--port", str(args.port),
+                            *(["--insecure-http"] if args.insecure_http else []),
+                            *(["--demo"] if args.demo else [])],
+                           args.workers, settings.rtc_port_range)
+    several = bool(settings.redis_url)
+    sockets = [listening_socket(args.host, args.port, settings.ws_send_buffer_bytes,
+                                reuse_port=several)]
+    if args.node_port:
+        sockets.append(listening_socket(args.host, args.node_port, settings.ws_send_buffer_bytes))
+    app = create_app(settings)
+    config = uvicorn.Config(app, log_level="info",
+                            ws_max_size=settings.ws_frame_cap_bytes,
+                            proxy_headers=True,
+                            forwarded_allow_ips=list(settings.trusted_proxies),
+                            ssl_certfile=settings.tls_cert_file or None,
+                            ssl_keyfile=settings.tls_key_file or None)
+    node = app.state.node
+    NodeServer(config, node.drain if node is not None else None).run(sockets=sockets)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vio.doctor import diagnose, report
+
+    checks = asyncio.run(diagnose(os.environ))
+    for line in report(checks):
+        print(line, flush=True)
+    return 1 if any(check.is_problem for check in checks) else 0
+
+
+async def _audit_verify(settings: Settings) -> ChainReport:
+    from vio.clinic import verify_audit_chain
+    from vio.db import opened
+
+    async with opened(settings.database_url) as db:
+        return await verify_audit_chain(db)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute the audit log's hash chain; name the first row altered or deleted."""
+    report = asyncio.run(_audit_verify(_settings()))
+    if report.broken is None:
+        print(f"audit chain intact: {report.rows} rows, last hash {report.head_hash}")
+        return 0
+    print(f"vio audit verify: {report.broken} (the {report.rows} rows before it hold)",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -107,7 +184,7 @@ def cmd_bot(args: argparse.Namespace) -> int:
         result = asyncio.run(run_bot(
             args.link, seconds=args.seconds, email=args.email, password=args.password,
             session_id=args.session, camera=not args.no_camera, mic=not args.no_mic,
-            admit_all=args.admit_all, name=args.name))
+            admit_all=args.admit_all, name=args.name, reconnect=not args.no_reconnect))
     except SignInFailed as exc:
         print(f"vio bot: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +221,65 @@ def cmd_invite_create(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_STAFF_PASSWORD_LENGTH = 12
+
+
+async def _add_staff(settings: Settings, program_name: str, name: str, email: str, role: str,
+                     password: str) -> int:
+    from sqlalchemy import select
+
+    from vio import clinic
+    from vio.clock import SystemClock
+    from vio.db import opened
+    from vio.identity import staff_identity
+    from vio.models import Program, StaffRole, StaffUser
+    from vio.security import hash_password
+
+    async with opened(settings.database_url) as db:
+        if await clinic.staff_by_email(db, email) is not None:
+            raise ValueError(f"{email} already has an account")
+        program = (await db.execute(select(Program).where(Program.name == program_name))
+                   ).scalar_one_or_none()
+        if program is None:
+            program = Program(name=program_name, timezone=settings.timezone)
+            db.add(program)
+            await db.flush()
+        staff = StaffUser(program_id=program.id, name=name, email=email.strip().lower(),
+                          role=StaffRole(role), password_hash=hash_password(password))
+        db.add(staff)
+        await db.flush()
+        await clinic.audit(db, SystemClock().now(), "command-line", "staff-added",
+                           staff_identity(staff.id), role=role)
+        await db.commit()
+        return staff.id
+
+
+def cmd_staff_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    settings = _settings()
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("vio staff: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < MIN_STAFF_PASSWORD_LENGTH:
+        print(f"vio staff: the password needs at least {MIN_STAFF_PASSWORD_LENGTH} characters",
+              file=sys.stderr)
+        return 1
+    try:
+        staff_id = asyncio.run(_add_staff(settings, args.program, args.name, args.email,
+                                          args.role, password))
+    except ValueError as refused:
+        print(f"vio staff: {refused}", file=sys.stderr)
+        return 1
+    print(f"{args.role} {args.email} added (staff id {staff_id}); sign in at "
+          f"{settings.public_base_url}/login")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="vio", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -152,10 +288,28 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--demo", action="store_true", help="seed the demo program")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="node processes sharing the port (needs VIO_REDIS_URL)")
+    serve.add_argument("--node-port", type=int, default=0,
+                       help="also listen on this port, which only this process serves")
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--insecure-http", action="store_true",
+                       help="serve even though VIO_PUBLIC_BASE_URL is http:// on a "
+                            "non-loopback address (no camera for browsers there)")
     serve.set_defaults(run=cmd_serve)
+
+    doctor = commands.add_parser(
+        "doctor", help="check a deployment: settings, database, public URL, ICE, TURN")
+    doctor.set_defaults(run=cmd_doctor)
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(run=cmd_migrate)
+
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check the audit log's hash chain; name the first altered row")
+    verify.set_defaults(run=cmd_audit_verify)
 
     links = commands.add_parser("demo-links", help="print the demo's ways in")
     links.add_argument("--json", action="store_true")
@@ -172,6 +326,17 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--family-member", type=int, required=True)
     create.set_defaults(run=cmd_invite_create)
 
+    staff = commands.add_parser("staff", help="staff accounts")
+    staff_commands = staff.add_subparsers(dest="staff_command", required=True)
+    add = staff_commands.add_parser(
+        "add", help="add a staff account (the password is read from the terminal or stdin); "
+                    "the program is created with the first account")
+    add.add_argument("--program", required=True, help="the program's name")
+    add.add_argument("--role", choices=["admin", "therapist"], required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--email", required=True)
+    add.set_defaults(run=cmd_staff_add)
+
     bot = commands.add_parser("bot", help="join a session as a headless participant")
     bot.add_argument("--link", required=True,
                      help="a patient's personal link, or the sign-in page URL/login for staff")
@@ -184,6 +349,8 @@ def parser() -> argparse.ArgumentParser:
     bot.add_argument("--admit-all", action="store_true",
                      help="as a therapist, admit everyone who waits")
     bot.add_argument("--name", help="display name (family invites)")
+    bot.add_argument("--no-reconnect", action="store_true",
+                     help="end at the first drop instead of reconnecting (1006, 1011, 1012)")
     bot.add_argument("--ice-address", action="append",
                      help="host address to offer as ICE candidate (repeatable; default: "
                           "VIO_ICE_ANNOUNCE_ADDRESSES)")

@@ -1,33 +1,47 @@
 """Clinic records: the operations staff pages, the command line and the demo share.
 
 Functions take an ``AsyncSession`` and leave committing to the caller unless they say otherwise.
+
+The audit log is one hash chain (``AuditEvent``): ``audit`` takes the chain's head row first
+(``UPDATE audit_chain``, which makes concurrent writers, in any process, take turns until
+commit), numbers the new row, and stores ``hash = SHA-256(canonical row content, prev_hash)``.
+``verify_audit_chain`` walks the rows in order and names the first one altered or missing.
+Each row is scoped to the program it concerns, found from its target (or actor) unless given.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vio.models import (
     DEFAULT_BILLING_CODE,
+    AuditChain,
     AuditEvent,
+    FamilyInvite,
+    FamilyMember,
+    Group,
     GroupTherapist,
     Patient,
     PatientLink,
+    Program,
     RosterMembership,
     Session,
     SessionKind,
     SessionSeries,
     SessionTherapist,
-    StaffRole,
     StaffUser,
     WaitingRoomPolicy,
 )
+from vio.policy import Scope, session_where
 from vio.scheduling import parse_weekdays, weekly_occurrences
 from vio.security import Signer, new_secret, same_secret, secret_hash
 
@@ -36,9 +50,135 @@ PATIENT_LINK_NAMESPACE = "patient-link"
 PATIENT_LINK_MAX_AGE_SECONDS = 2 * 365 * 24 * 3600
 
 
+AUDIT_GENESIS = "0" * 64
+AUDIT_CHAIN_ID = 1
+VERIFY_BATCH = 1000
+
+
+def audit_digest(seq: int, at: datetime, program_id: int | None, actor: str, action: str,
+                 target: str, detail: Any, prev_hash: str) -> str:
+    """SHA-256 of one audit row's canonical content and the hash of the row before it."""
+    body = json.dumps([seq, at.astimezone(UTC).isoformat(timespec="microseconds"), program_id,
+                       actor, action, target, detail, prev_hash],
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+async def program_of(db: AsyncSession, identity_text: str) -> int | None:
+    """The program a ``kind:id`` identity belongs to, if it names a record that has one."""
+    kind, _, raw = identity_text.partition(":")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        return None
+    record_id = int(raw)
+    record: Any
+    if kind == "program":
+        return record_id if await db.get(Program, record_id) is not None else None
+    if kind == "staff":
+        record = await db.get(StaffUser, record_id)
+    elif kind == "patient":
+        record = await db.get(Patient, record_id)
+    elif kind == "session":
+        record = await db.get(Session, record_id)
+    elif kind == "group":
+        record = await db.get(Group, record_id)
+    elif kind == "family-member":
+        member = await db.get(FamilyMember, record_id)
+        record = None if member is None else await db.get(Patient, member.patient_id)
+    elif kind == "family-invite":
+        invite = await db.get(FamilyInvite, record_id)
+        record = None if invite is None else await db.get(Session, invite.session_id)
+    else:
+        return None
+    return None if record is None else int(record.program_id)
+
+
 async def audit(db: AsyncSession, at: datetime, actor: str, action: str, target: str,
-                **detail: Any) -> None:
-    db.add(AuditEvent(at=at, actor=actor, action=action, target=target, detail=detail))
+                **detail: Any) -> AuditEvent:
+    """Append one row to the audit chain (committed with the caller's transaction), scoped to
+    the program of its target, else of its actor."""
+    program_id = await program_of(db, target) or await program_of(db, actor)
+    return await audit_in(db, program_id, at, actor, action, target, **detail)
+
+
+async def audit_in(db: AsyncSession, program_id: int | None, at: datetime, actor: str,
+                   action: str, target: str, **detail: Any) -> AuditEvent:
+    """``audit``, scoped to ``program_id`` as given (None: no one program's business)."""
+    canonical = json.loads(json.dumps(detail, default=str))
+    head = (await db.execute(
+        update(AuditChain).where(AuditChain.id == AUDIT_CHAIN_ID)
+        .values(length=AuditChain.length + 1)
+        .returning(AuditChain.length, AuditChain.last_hash)
+        .execution_options(synchronize_session=False))).one()
+    seq, prev_hash = int(head.length), str(head.last_hash)
+    digest = audit_digest(seq, at, program_id, actor, action, target, canonical, prev_hash)
+    event = AuditEvent(seq=seq, at=at, program_id=program_id, actor=actor, action=action,
+                       target=target, detail=canonical, prev_hash=prev_hash, hash=digest)
+    db.add(event)
+    await db.execute(update(AuditChain).where(AuditChain.id == AUDIT_CHAIN_ID)
+                     .values(last_hash=digest).execution_options(synchronize_session=False))
+    await db.flush()
+    return event
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """Where the audit chain stops holding: the first row altered, or missing."""
+
+    seq: int
+    audit_id: int | None
+    problem: str  # "altered" or "missing"
+
+    def __str__(self) -> str:
+        if self.problem == "missing":
+            return f"audit row {self.seq} is missing: it was deleted"
+        return f"audit row {self.seq} (id {self.audit_id}) was altered"
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    rows: int
+    head_hash: str
+    broken: ChainBreak | None
+
+
+async def _rows_in_order(db: AsyncSession) -> AsyncIterator[AuditEvent]:
+    after = 0
+    while True:
+        batch = list((await db.execute(
+            select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq)
+            .limit(VERIFY_BATCH))).scalars())
+        for row in batch:
+            yield row
+        if len(batch) < VERIFY_BATCH:
+            return
+        after = batch[-1].seq
+        db.expunge_all()
+
+
+async def verify_audit_chain(db: AsyncSession) -> ChainReport:
+    """Recompute the chain from the first row; report the first altered or deleted row."""
+    expected, prev_hash = 1, AUDIT_GENESIS
+    previous: AuditEvent | None = None
+    async for row in _rows_in_order(db):
+        if row.seq != expected:
+            return ChainReport(expected - 1, prev_hash, ChainBreak(expected, None, "missing"))
+        if row.prev_hash != prev_hash:
+            assert previous is not None or expected == 1
+            blame = previous if previous is not None else row
+            return ChainReport(expected - 1, prev_hash,
+                               ChainBreak(blame.seq, blame.id, "altered"))
+        digest = audit_digest(row.seq, row.at, row.program_id, row.actor, row.action,
+                              row.target, row.detail, row.prev_hash)
+        if digest != row.hash:
+            return ChainReport(expected - 1, prev_hash, ChainBreak(row.seq, row.id, "altered"))
+        previous, prev_hash, expected = row, row.hash, expected + 1
+    head = await db.get(AuditChain, AUDIT_CHAIN_ID)
+    rows = expected - 1
+    if head is not None and head.length > rows:
+        return ChainReport(rows, prev_hash, ChainBreak(rows + 1, None, "missing"))
+    if head is not None and head.last_hash != prev_hash and previous is not None:
+        return ChainReport(rows, prev_hash, ChainBreak(previous.seq, previous.id, "altered"))
+    return ChainReport(rows, prev_hash, None)
 
 
 async def staff_by_email(db: AsyncSession, email: str) -> StaffUser | None:
@@ -195,12 +335,11 @@ def sessions_between(start: datetime, end: datetime) -> Select[Session]:
             .order_by(Session.starts_at))
 
 
-async def sessions_for_staff(db: AsyncSession, staff: StaffUser, start: datetime,
+async def sessions_for_staff(db: AsyncSession, scope: Scope, start: datetime,
                              end: datetime) -> list[Session]:
-    query = sessions_between(start, end)
-    if staff.role is not StaffRole.ADMIN:
-        query = query.join(SessionTherapist, SessionTherapist.session_id == Session.id).where(
-            SessionTherapist.staff_id == staff.id)
+    """The sessions in [start, end) that ``vio.policy`` lets this staff member see: an admin's
+    whole program's, a therapist's those they are assigned to."""
+    query = sessions_between(start, end).where(session_where(scope))
     return list((await db.execute(query)).scalars())
 
 
@@ -209,7 +348,8 @@ async def sessions_for_patient(db: AsyncSession, patient: Patient, start: dateti
     """Sessions the patient belongs in: their own, and their groups' while on the roster."""
     memberships = (await db.execute(select(RosterMembership).where(
         RosterMembership.patient_id == patient.id))).scalars().all()
-    sessions = (await db.execute(sessions_between(start, end))).scalars().all()
+    sessions = (await db.execute(sessions_between(start, end).where(
+        Session.program_id == patient.program_id))).scalars().all()
     mine = []
     for session in sessions:
         if session.patient_id == patient.id or (session.group_id is not None and any(

@@ -1,8 +1,14 @@
-"""Database engine and sessions, and running the migrations."""
+"""Database engine and sessions, running the migrations, and files only their owner may read.
+
+The embedded SQLite database, its write-ahead log and shared-memory file are created mode 0600
+(the folder 0700), and an existing one is tightened to that; ``write_private`` does the same for
+exported records. They hold protected health information.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +25,35 @@ from sqlalchemy.ext.asyncio import (
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def private_file(path: Path) -> None:
+    """Make ``path`` exist (empty if new) with mode 0600, its folder created 0700."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that only its owner can read it (an export, say)."""
+    private_file(path)
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def _tighten_sqlite_files(path: Path) -> None:
+    for suffix in SQLITE_COMPANIONS:
+        companion = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            companion.chmod(PRIVATE_FILE)
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -29,9 +64,10 @@ def create_engine(url: str) -> AsyncEngine:
         # A writer waits for another's commit instead of failing with "database is locked".
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {})
     if sqlite:
-        path = url.split(":///", 1)[1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        raw_path = url.split(":///", 1)[1]
+        path = Path(raw_path) if raw_path and raw_path != ":memory:" else None
+        if path is not None:
+            private_file(path)  # SQLite gives its WAL and SHM files the database's mode
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -40,6 +76,8 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
+            if path is not None:
+                _tighten_sqlite_files(path)
 
     return engine
 

@@ -48,6 +48,8 @@ class InviteRefused(VioError):
 # Neutral wording: a lobby or invite never says what the program treats (DESIGN.md, Consent).
 REFUSAL_TEXT: dict[str, str] = {
     "not-signed-in": "Please open your personal link again, or sign in, to join this session.",
+    "signed-out": "You have been signed out. Please open your personal link again, or sign in, "
+                  "to rejoin.",
     "no-such-session": "We can't find this session.",
     "consent-missing": "Before you can join, we need your signed consent for video sessions. "
                        "Please contact your care team.",
@@ -84,6 +86,7 @@ INTERNAL_ERROR = 1011
 CLOSE_CODES: dict[str, int] = {
     # refusals
     "not-signed-in": 4401,
+    "signed-out": 4401,
     "not-on-roster": 4403,
     "consent-missing": 4403,
     "check-in-needed": 4412,

@@ -1,7 +1,11 @@
-"""The clinic's records: program, staff, patients, groups and rosters, sessions, consents, audit.
+"""The clinic's records: program, staff, patients, groups and rosters, sessions, consents, audit,
+and the server's side of signing in (sign-in sessions, the failed-attempt counters).
 
 Times are stored in UTC and come back timezone-aware; a session's local wall-clock time is
 derived from its ``timezone``. Schema changes go through Alembic (``vio/migrations``).
+
+Text columns carry their length cap (``String(n)``); the forms that fill them check the same
+caps before anything is written (``vio.pages.forms``).
 """
 
 from __future__ import annotations
@@ -138,6 +142,8 @@ class Program(Base):
     target_hours_outpatient: Mapped[float] = mapped_column(default=3.0)
     present_threshold_percent: Mapped[int] = mapped_column(default=75)
     absences_before_outreach: Mapped[int] = mapped_column(default=2)
+    # Admins of this program must sign in with a second factor (TOTP).
+    admins_need_second_factor: Mapped[bool] = mapped_column(Boolean, default=False)
 
     def weekly_target_hours(self, level: LevelOfCare, age_group: AgeGroup) -> float:
         if level is LevelOfCare.PARTIAL_HOSPITALIZATION:
@@ -159,6 +165,10 @@ class StaffUser(Base):
     role: Mapped[StaffRole] = mapped_column(_enum(StaffRole))
     password_hash: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The TOTP secret of the staff member's authenticator app, once they set one up, and the
+    # last time step a code was accepted for (a code is good once).
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_last_step: Mapped[int | None]
 
 
 class Patient(Base):
@@ -349,6 +359,7 @@ class AttendanceKind(enum.StrEnum):
     DROPPED = "dropped"  # connection lost
     REMOVED = "removed"  # removed by a therapist; detail: reason
     DENIED = "denied"  # turned away from the waiting room
+    REFUSED = "refused"  # tried to join and was kept out; detail: code (room-locked, …)
     MEDIA = "media"  # detail: audio, video (what actually reaches the server)
     HEARTBEAT = "heartbeat"  # the room is alive; detail: present (connection ids)
     SESSION_EXTENDED = "session-extended"  # detail: minutes, ends_at
@@ -376,22 +387,100 @@ class AttendanceEvent(Base):
 
 
 class AuditEvent(Base):
-    """Append-only record of who did what to whom, and when."""
+    """Append-only record of who did what to whom, and when, in one hash chain.
+
+    ``seq`` numbers the rows 1, 2, 3 … without gaps; ``hash`` is the SHA-256 of the row's
+    content and ``prev_hash`` (the hash of row ``seq - 1``), so changing or deleting any row
+    breaks the chain from there on (``vio audit verify``). ``program_id`` scopes the row to
+    the program it concerns (None: not about any one program, such as a failed sign-in).
+    """
 
     __tablename__ = "audit_events"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
     at: Mapped[datetime] = mapped_column(index=True)
-    actor: Mapped[str] = mapped_column(String(80))
+    program_id: Mapped[int | None] = mapped_column(ForeignKey("programs.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(80), index=True)
     action: Mapped[str] = mapped_column(String(80))
-    target: Mapped[str] = mapped_column(String(120))
+    target: Mapped[str] = mapped_column(String(120), index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChain(Base):
+    """The head of the audit chain: one row (id 1) with the chain's length and last hash.
+
+    Every audit write updates this row first, so writers take their turn (the row lock, or
+    SQLite's write lock) and each new row links to the one written before it. It also lets
+    ``vio audit verify`` notice that the newest rows were deleted.
+    """
+
+    __tablename__ = "audit_chain"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    length: Mapped[int] = mapped_column(Integer, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SignInKind(enum.StrEnum):
+    STAFF = "staff"
+    PATIENT = "patient"
+    FAMILY = "family"
+
+
+class SignInSession(Base):
+    """One browser's sign-in, kept on the server: the cookie holds only an opaque token.
+
+    Only the token's SHA-256 is stored. A session ends (``ended_at``) on sign-out, when the
+    person's links or consent are revoked or their account is turned off, after
+    ``VIO_IDLE_LOGOFF_MINUTES`` without a request (a live room connection counts), and at
+    ``expires_at`` in any case. ``second_factor_pending``: the password was right, the TOTP
+    code is still to come; such a session signs no one in.
+    """
+
+    __tablename__ = "sign_in_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[SignInKind] = mapped_column(_enum(SignInKind))
+    staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"), index=True)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
+    family_invite_id: Mapped[int | None] = mapped_column(ForeignKey("family_invites.id"),
+                                                         index=True)
+    family_member_id: Mapped[int | None] = mapped_column(ForeignKey("family_members.id"),
+                                                         index=True)
+    family_name: Mapped[str | None] = mapped_column(String(60))
+    device: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(String(40))
+    second_factor_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SignInAttempts(Base):
+    """Sign-in attempts counted for one key (address and email, hashed) in a fixed window.
+
+    Checked and counted in one statement before a password is looked at, so concurrent
+    guesses from any number of processes get exactly the allowed number of tries.
+    """
+
+    __tablename__ = "sign_in_attempts"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_started_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 __all__ = [
-    "AgeGroup", "AttendanceEvent", "AttendanceKind", "AuditEvent", "Base", "Consent",
+    "AgeGroup", "AttendanceEvent", "AttendanceKind", "AuditChain", "AuditEvent", "Base",
+    "Consent",
     "ConsentKind", "EnrollmentStatus", "FamilyInvite", "FamilyMember",
     "Group", "GroupTherapist", "LevelOfCare", "Patient", "PatientLink", "Program",
     "RosterMembership", "Session", "SessionKind", "SessionSeries", "SessionStatus",
-    "SessionTherapist", "StaffRole", "StaffUser", "WaitingRoomPolicy",
+    "SessionTherapist", "SignInAttempts", "SignInKind", "SignInSession", "StaffRole",
+    "StaffUser", "WaitingRoomPolicy",
 ]

@@ -1,22 +1,42 @@
-"""Passwords, signed tokens, CSRF tokens and the sign-in rate limit.
+"""Passwords, signed tokens, CSRF tokens, second-factor codes and the sign-in attempt counter.
 
-Each signed token has its own namespace (salt) and always a maximum age.
+- Passwords are argon2 hashes, checked in a small pool of worker threads
+  (``verify_password_off_loop``): the event loop, and the media it forwards, never waits for a
+  hash, and the pool is kept to half the cores so sign-in storms leave the rest to the server.
+- Each signed token has its own namespace (salt) and always a maximum age.
+- Second factor: TOTP (RFC 6238, 30-second steps, six digits) from an authenticator app; a
+  code is accepted once (the last accepted step is kept) and one step either side of now.
+- ``AttemptCounter`` counts sign-in tries per key (address and email) in the database, checking
+  and counting in one statement, so concurrent guesses from any number of processes get exactly
+  the allowed number of tries before the rest are refused unread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import os
 import secrets
-import time
-from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import Any
 
+import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import CursorResult, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from vio.clock import Clock
+from vio.models import SignInAttempts
 
 _hasher = PasswordHasher()
+PASSWORD_WORKERS = max(1, (os.cpu_count() or 2) // 2)
+_password_pool = ThreadPoolExecutor(max_workers=PASSWORD_WORKERS,
+                                    thread_name_prefix="vio-password")
 
 
 def hash_password(password: str) -> str:
@@ -28,6 +48,17 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def verify_password_off_loop(password_hash: str, password: str) -> bool:
+    """``verify_password`` in the password pool, so the event loop goes on meanwhile."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_password_pool, verify_password, password_hash, password)
+
+
+async def hash_password_off_loop(password: str) -> str:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_password_pool, hash_password, password)
 
 
 # A valid hash to verify against when the email is unknown, so both paths cost the same.
@@ -61,7 +92,7 @@ class Signer:
         try:
             return URLSafeTimedSerializer(self._secret_key, salt=namespace).loads(
                 token, max_age=max_age_seconds)
-        except BadSignature:
+        except (BadSignature, UnicodeError, ValueError):
             return None
 
 
@@ -71,30 +102,117 @@ def new_csrf_token() -> str:
 
 def csrf_ok(expected: str | None, given: object) -> bool:
     return (isinstance(expected, str) and isinstance(given, str) and bool(expected)
+            and expected.isascii() and given.isascii()
             and hmac.compare_digest(expected, given))
 
 
-class LoginThrottle:
-    """Counts failed sign-ins per key (address and email) inside a sliding window."""
+# --- second factor ----------------------------------------------------------------------------
 
-    def __init__(self, max_failures: int, window_seconds: float) -> None:
+TOTP_STEP_SECONDS = 30
+TOTP_DIGITS = 6
+TOTP_DRIFT_STEPS = 1
+TOTP_ISSUER = "vio"
+
+
+def new_totp_secret() -> str:
+    return pyotp.random_base32()
+
+
+def totp_uri(secret: str, account: str) -> str:
+    """The ``otpauth://`` address an authenticator app reads (as a QR code or typed in)."""
+    return pyotp.TOTP(secret).provisioning_uri(name=account, issuer_name=TOTP_ISSUER)
+
+
+def totp_code(secret: str, at: datetime) -> str:
+    return pyotp.TOTP(secret).at(at)
+
+
+def totp_accepts(secret: str, code: object, now: datetime,
+                 last_step: int | None) -> int | None:
+    """The time step ``code`` is good for (now, or one step either side), if it was not used
+    before (``last_step``); None when the code is wrong, malformed or already used."""
+    if not isinstance(code, str):
+        return None
+    typed = code.replace(" ", "").strip()
+    if len(typed) != TOTP_DIGITS or not typed.isascii() or not typed.isdigit():
+        return None
+    totp = pyotp.TOTP(secret)
+    current = int(now.timestamp()) // TOTP_STEP_SECONDS
+    for step in range(current - TOTP_DRIFT_STEPS, current + TOTP_DRIFT_STEPS + 1):
+        if last_step is not None and step <= last_step:
+            continue
+        if hmac.compare_digest(totp.generate_otp(step), typed):
+            return step
+    return None
+
+
+# --- attempts ---------------------------------------------------------------------------------
+
+class AttemptCounter:
+    """Tries per key in a fixed window, kept in ``sign_in_attempts``; each call commits.
+
+    ``reserve`` is the sign-in check: it counts a try and says whether it may go ahead, in one
+    conditional UPDATE (``attempts < max``), so two requests can never both take the last try.
+    ``blocked``/``failed`` count failures only, for links whose secret is checked anyway.
+    Keys are stored hashed.
+    """
+
+    def __init__(self, db: async_sessionmaker[AsyncSession], clock: Clock,
+                 max_failures: int, window_seconds: float, namespace: str) -> None:
+        self.db = db
+        self.clock = clock
         self.max_failures = max_failures
-        self.window_seconds = window_seconds
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self.window = timedelta(seconds=window_seconds)
+        self.namespace = namespace
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures[key]
-        while failures and failures[0] <= now - self.window_seconds:
-            failures.popleft()
-        return failures
+    def _key(self, key: str) -> str:
+        return secret_hash(f"{self.namespace}|{key}")
 
-    def blocked(self, key: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        return len(self._recent(key, now)) >= self.max_failures
+    async def _open_window(self, session: AsyncSession, key_hash: str, now: datetime) -> None:
+        """Make the key's row exist, and start a new window if the last one is over."""
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        await session.execute(insert(SignInAttempts).values(
+            key_hash=key_hash, window_started_at=now, attempts=0).on_conflict_do_nothing())
+        await session.execute(update(SignInAttempts).where(
+            SignInAttempts.key_hash == key_hash,
+            SignInAttempts.window_started_at <= now - self.window,
+        ).values(window_started_at=now, attempts=0))
 
-    def failed(self, key: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._recent(key, now).append(now)
+    async def reserve(self, key: str) -> bool:
+        """Count one try for ``key``; False (nothing counted) once the tries are used up."""
+        now = self.clock.now()
+        key_hash = self._key(key)
+        async with self.db() as session:
+            await self._open_window(session, key_hash, now)
+            result = await session.execute(update(SignInAttempts).where(
+                SignInAttempts.key_hash == key_hash,
+                SignInAttempts.attempts < self.max_failures,
+            ).values(attempts=SignInAttempts.attempts + 1))
+            await session.commit()
+        assert isinstance(result, CursorResult)
+        return result.rowcount == 1
 
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
+    async def blocked(self, key: str) -> bool:
+        now = self.clock.now()
+        async with self.db() as session:
+            found = await session.get(SignInAttempts, self._key(key))
+        return (found is not None and found.window_started_at > now - self.window
+                and found.attempts >= self.max_failures)
+
+    async def failed(self, key: str) -> None:
+        now = self.clock.now()
+        key_hash = self._key(key)
+        async with self.db() as session:
+            await self._open_window(session, key_hash, now)
+            await session.execute(update(SignInAttempts).where(
+                SignInAttempts.key_hash == key_hash).values(
+                attempts=SignInAttempts.attempts + 1))
+            await session.commit()
+
+    async def clear(self, key: str) -> None:
+        async with self.db() as session:
+            found = await session.get(SignInAttempts, self._key(key))
+            if found is not None:
+                await session.delete(found)
+                await session.commit()

@@ -8,6 +8,7 @@ for the README table (``tests/test_docs.py`` keeps the two in step). A bad value
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -94,18 +95,87 @@ def _ice_servers(raw: str) -> tuple[str, ...]:
     return servers
 
 
+def _ip_address(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError as exc:
+        raise ValueError("must be an IP address such as 203.0.113.10") from exc
+
+
+def _port_range(raw: str) -> tuple[int, ...]:
+    if not raw.strip():
+        return ()
+    first, sep, last = raw.strip().partition("-")
+    try:
+        low, high = int(first), int(last)
+    except ValueError:
+        low = high = -1
+    if not sep or not 1024 <= low <= high <= 65535:
+        raise ValueError("must be FIRST-LAST UDP ports between 1024 and 65535, e.g. 50000-50999")
+    return (low, high)
+
+
+def _turn_urls(raw: str) -> tuple[str, ...]:
+    from vio.turn import check_turn_urls
+
+    return check_turn_urls(parse_list(raw))
+
+
+def _pem_file(raw: str) -> str:
+    path = raw.strip()
+    if path and not Path(path).is_file():
+        raise ValueError("no such file")
+    return path
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    networks = []
+    for item in parse_list(raw):
+        try:
+            networks.append(str(ipaddress.ip_network(item)) if "/" in item
+                            else str(ipaddress.ip_address(item)))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not an IP address or network such as "
+                             "127.0.0.1 or 10.0.0.0/24") from exc
+    return tuple(networks)
+
+
+def _absolute_dir(raw: str) -> str:
+    path = raw.strip()
+    if not path or not Path(path).is_absolute():
+        raise ValueError("must be an absolute path such as /var/lib/vio")
+    return str(Path(path))
+
+
+def default_data_dir(environ: Mapping[str, str]) -> str:
+    """``$XDG_DATA_HOME/vio``, else ``~/.local/share/vio``: the same whatever the working
+    directory."""
+    base = environ.get("XDG_DATA_HOME", "").strip()
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local/share"
+    return str(root / "vio")
+
+
 def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
 
 @dataclass(frozen=True)
 class Settings:
+    data_dir: str = setting(
+        "VIO_DATA_DIR", "", _absolute_dir,
+        "Absolute path of the folder that holds the embedded database and the stored key "
+        "(created mode 0700). Empty: `$XDG_DATA_HOME/vio`, else `~/.local/share/vio`.")
     database_url: str = setting(
-        "VIO_DATABASE_URL", "sqlite+aiosqlite:///var/vio.sqlite3", _database_url,
-        "Database. The embedded SQLite file by default; `postgresql+asyncpg://…` for PostgreSQL.")
+        "VIO_DATABASE_URL", "", _database_url,
+        "Database. Empty: the embedded SQLite file `vio.sqlite3` in `VIO_DATA_DIR`; "
+        "`postgresql+asyncpg://…` for PostgreSQL.")
     secret_key: str = setting(
         "VIO_SECRET_KEY", "", _text,
-        "Key that signs cookies and links. Unset: a random key kept in `var/secret.key`.")
+        "Key that signs cookies and links. Unset: a random key kept in `VIO_DATA_DIR/secret.key` "
+        "(mode 0600).")
     public_base_url: str = setting(
         "VIO_PUBLIC_BASE_URL", "http://127.0.0.1:8000", _url,
         "Address people use to reach vio; links in invites and demo output start with it.")
@@ -132,8 +202,35 @@ class Settings:
         "None by default.")
     ice_announce_addresses: tuple[str, ...] = setting(
         "VIO_ICE_ANNOUNCE_ADDRESSES", (), parse_list,
-        "Host addresses the media server offers as ICE candidates (e.g. `127.0.0.1`, or a "
-        "public address behind NAT). Empty: every non-loopback interface.")
+        "Local addresses the media server binds and offers as ICE host candidates (e.g. "
+        "`127.0.0.1`). Empty: every non-loopback interface. Behind 1:1 NAT see "
+        "`VIO_ICE_PUBLIC_ADDRESS`.")
+    ice_public_address: str = setting(
+        "VIO_ICE_PUBLIC_ADDRESS", "", _ip_address,
+        "Public address of a server behind 1:1 NAT (a cloud VM): media sockets stay bound to "
+        "the private address, and the offer's host candidates show this one instead.")
+    ice_keep_private_address: bool = setting(
+        "VIO_ICE_KEEP_PRIVATE_ADDRESS", False, _bool,
+        "With `VIO_ICE_PUBLIC_ADDRESS`, offer the private address as well (for clients on the "
+        "same private network).")
+    rtc_port_range: tuple[int, ...] = setting(
+        "VIO_RTC_PORT_RANGE", (), _port_range,
+        "UDP ports the media server binds, `FIRST-LAST` (e.g. `50000-50999`); one port per "
+        "participant and announced address. When all are in use a new participant is refused "
+        "with `media-unavailable`. Empty: any port.")
+    turn_urls: tuple[str, ...] = setting(
+        "VIO_TURN_URLS", (), _turn_urls,
+        "coturn URLs handed to browsers with per-ticket credentials, comma-separated (e.g. "
+        "`turn:turn.example.org:3478?transport=udp,turns:turn.example.org:443?transport=tcp`).")
+    turn_secret: str = field(
+        default="", repr=False, metadata={
+            "env": "VIO_TURN_SECRET", "parse": _text,
+            "doc": "Shared secret with coturn (`static-auth-secret`), which mints the TURN "
+                   "credentials; needed with `VIO_TURN_URLS`."})
+    turn_credential_margin_minutes: int = setting(
+        "VIO_TURN_CREDENTIAL_MARGIN_MINUTES", 60, _int(1, 1440),
+        "TURN credentials stay valid this long past the session's scheduled end (covers "
+        "extensions and late reconnects).")
     publish_width: int = setting(
         "VIO_PUBLISH_WIDTH", 640, _int(160, 1920), "Widest video a client may publish.")
     publish_height: int = setting(
@@ -147,10 +244,25 @@ class Settings:
         "Videos forwarded to each receiver besides the therapists': the latest speakers.")
     idle_logoff_minutes: int = setting(
         "VIO_IDLE_LOGOFF_MINUTES", 30, _int(1, 1440),
-        "Staff are signed out after this many minutes without a request.")
+        "Staff, patients and family members are signed out after this many minutes without a "
+        "request; a connection to a live room counts as activity. Staff pages warn first.")
+    sign_in_max_hours: int = setting(
+        "VIO_SIGN_IN_MAX_HOURS", 12, _int(1, 336),
+        "A sign-in ends this many hours after it began, however active.")
+    second_factor_timeout_seconds: int = setting(
+        "VIO_SECOND_FACTOR_TIMEOUT_SECONDS", 300, _int(30, 3600),
+        "Time to enter the authenticator code after the password at staff sign-in.")
+    max_form_bytes: int = setting(
+        "VIO_MAX_FORM_BYTES", 65536, _int(1024, 1 << 20),
+        "Largest form a browser may post; a larger one is refused (413) unread.")
+    demo: bool = setting(
+        "VIO_DEMO", False, _bool,
+        "The server holds the demo program: its home page shows the demo's sign-in details "
+        "(`vio serve --demo`).")
     login_max_failures: int = setting(
         "VIO_LOGIN_MAX_FAILURES", 5, _int(1, 100),
-        "Failed sign-ins from one address and email before further tries are refused.")
+        "Sign-in tries from one address and email (checked and counted in the database, "
+        "so across processes) before further tries are refused; a success resets the count.")
     login_window_seconds: int = setting(
         "VIO_LOGIN_WINDOW_SECONDS", 300, _int(1, 86400),
         "Window over which failed sign-ins are counted.")
@@ -188,8 +300,40 @@ class Settings:
         "VIO_ATTENDANCE_HEARTBEAT_SECONDS", 15.0, _seconds,
         "How often a live room records who is present; after a crash, open attendance "
         "intervals close at the last such record.")
+    redis_url: str = setting(
+        "VIO_REDIS_URL", "", str,
+        "Redis for several node processes (`redis://host:6379/0`): room leases, placement, "
+        "relayed connections, events. Empty: one process, no Redis.")
+    redis_prefix: str = setting(
+        "VIO_REDIS_PREFIX", "vio", str, "Prefix of every Redis key and channel vio uses.")
+    redis_timeout_seconds: float = setting(
+        "VIO_REDIS_TIMEOUT_SECONDS", 2.0, _seconds,
+        "A Redis call that takes longer than this fails (the rooms go on without it).")
+    room_lease_seconds: float = setting(
+        "VIO_ROOM_LEASE_SECONDS", 10.0, _seconds,
+        "A room whose node stops renewing its lease for this long is opened on another node.")
+    node_heartbeat_seconds: float = setting(
+        "VIO_NODE_HEARTBEAT_SECONDS", 2.0, _seconds,
+        "How often a node renews its leases and reports its load; it counts as gone after "
+        "three missed reports.")
     cookie_secure: bool = setting(
-        "VIO_COOKIE_SECURE", False, _bool, "Send cookies only over HTTPS.")
+        "VIO_COOKIE_SECURE", False, _bool,
+        "Send cookies only over HTTPS. Always so when `VIO_PUBLIC_BASE_URL` is `https://…`.")
+    tls_cert_file: str = setting(
+        "VIO_TLS_CERT_FILE", "", _pem_file,
+        "PEM certificate (with its chain) for `vio serve` to terminate TLS itself, with "
+        "`VIO_TLS_KEY_FILE`. Empty: plain HTTP, for a proxy in front (Caddy).")
+    tls_key_file: str = setting(
+        "VIO_TLS_KEY_FILE", "", _pem_file, "PEM private key of `VIO_TLS_CERT_FILE`.")
+    trusted_proxies: tuple[str, ...] = setting(
+        "VIO_TRUSTED_PROXIES", ("127.0.0.1", "::1"), _networks,
+        "Addresses or networks (comma-separated) of the reverse proxies whose "
+        "`X-Forwarded-For`/`-Proto` vio believes; from any other peer they are ignored.")
+
+    @property
+    def cookies_secure(self) -> bool:
+        """Cookies carry ``Secure``: asked for, or implied by an ``https://`` public URL."""
+        return self.cookie_secure or self.public_base_url.startswith("https://")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -205,8 +349,21 @@ class Settings:
                     raise SettingsError(f"{name}={env[name]!r}: {exc}") from None
         values.update(overrides)
         settings = cls(**values)
+        if settings.turn_urls and not settings.turn_secret:
+            raise SettingsError("VIO_TURN_URLS is set but VIO_TURN_SECRET is not: "
+                                "TURN credentials are minted with that secret")
+        if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+            raise SettingsError("VIO_TLS_CERT_FILE and VIO_TLS_KEY_FILE go together: "
+                                "set both, or neither")
+        if not settings.data_dir:
+            settings = dataclasses.replace(settings, data_dir=default_data_dir(env))
+        if not settings.database_url:
+            settings = dataclasses.replace(
+                settings,
+                database_url=f"sqlite+aiosqlite:///{Path(settings.data_dir) / 'vio.sqlite3'}")
         if not settings.secret_key:
-            settings = dataclasses.replace(settings, secret_key=_stored_secret_key())
+            settings = dataclasses.replace(
+                settings, secret_key=_stored_secret_key(Path(settings.data_dir) / "secret.key"))
         return settings
 
     @property
@@ -228,11 +385,13 @@ def settings_table() -> list[tuple[str, str, str]]:
     return rows
 
 
-def _stored_secret_key(path: Path = Path("var/secret.key")) -> str:
+def _stored_secret_key(path: Path) -> str:
+    """The key kept at ``path``, made (mode 0600, never readable by others) on first use."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
-    path.write_text(key)
-    path.chmod(0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key)
     return key

@@ -2,7 +2,8 @@
 
 Both read settings from the environment, bring the database up to date first, and work on one
 program (``--program``, needed only when the database holds several). Exports are audited with
-the operating-system user as the actor.
+the operating-system user as the actor, carry the 42 CFR § 2.32 notice, and a file written with
+``--out`` is readable by its owner only (mode 0600).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vio.attendance.dosage import IsoWeek
 from vio.attendance.export import ExportFormat, export_attendance
 from vio.attendance.records import program_week_dosage
 from vio.clock import SystemClock
-from vio.db import opened
+from vio.db import opened, write_private
 from vio.models import Program
 from vio.settings import Settings, SettingsError
 
@@ -113,7 +114,7 @@ async def _export(args: argparse.Namespace) -> int:
         if args.out is None:
             sys.stdout.write(export.content)
         else:
-            args.out.write_text(export.content, encoding="utf-8")
+            write_private(args.out, export.content)  # mode 0600: it holds PHI
         await db.commit()
     where = args.out or "standard output"
     print(f"{export.count} {'rows' if args.format == 'csv' else 'encounters'} to {where}",

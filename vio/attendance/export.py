@@ -10,6 +10,12 @@ Times are ISO 8601 with the program time zone's offset. ``parse_csv`` reads the 
 The FHIR Bundle (type ``collection``) holds one Encounter per patient per session: each patient's
 encounter names only that patient and the session's staff and family members, never the other
 group members (42 CFR Part 2). ``export_attendance`` loads, formats and audits one export.
+
+Every export carries the 42 CFR § 2.32 notice that must accompany a disclosure of Part 2
+records: the CSV's first line is the notice (``REDISCLOSURE_NOTICE``, one quoted cell, then the
+header), and the Bundle and each Encounter carry ``meta.security`` labels: confidentiality
+``R`` (restricted) and the ``42CFRPart2`` privacy law, with the notice's text in the Bundle's
+``meta.tag``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,32 @@ PRIMARY_PERFORMER = "PPRF"
 PARTICIPANT = "PART"
 UCUM = "http://unitsofmeasure.org"
 ENCOUNTER_NAMESPACE = uuid.UUID("6f1c1a52-3f0e-4d3c-9a57-1e0f0c3b7a10")
+
+# 42 CFR § 2.32(a)(1), as amended in 2024: the statement that accompanies each disclosure.
+REDISCLOSURE_NOTICE = (
+    "This record which has been disclosed to you is protected by Federal confidentiality rules "
+    "(42 CFR part 2). These rules prohibit you from using or disclosing this record, or "
+    "testimony that describes the information contained in this record, in any civil, "
+    "criminal, administrative, or legislative proceedings by any Federal, State, or local "
+    "authority, against the patient, unless authorized by the consent of the patient, except "
+    "as provided at 42 CFR 2.12(c)(5) or as authorized by a court in accordance with 42 CFR "
+    "2.64 or 2.65. In addition, the Federal rules prohibit you from making any other use or "
+    "disclosure of this record unless at least one of the following applies: (i) Further use "
+    "or disclosure is expressly permitted by the written consent of the individual whose "
+    "information is being disclosed in this record or as otherwise permitted by 42 CFR part "
+    "2. (ii) You are a covered entity or business associate and have received the record for "
+    "treatment, payment, or health care operations, or (iii) You have received the record "
+    "from a covered entity or business associate as permitted by 45 CFR part 164, subparts A "
+    "and E. A general authorization for the release of medical or other information is NOT "
+    "sufficient to meet the required elements of written consent to further use or redisclose "
+    "the record (see 42 CFR 2.31).")
+CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+PART2_SECURITY = [
+    {"system": CONFIDENTIALITY_SYSTEM, "code": "R", "display": "restricted"},
+    {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "42CFRPart2",
+     "display": "42 CFR Part2"},
+]
+NOTICE_TAG_SYSTEM = "urn:vio:notice"
 
 SERVICE_NAMES = {
     SessionKind.GROUP: "Group psychotherapy",
@@ -153,8 +185,10 @@ def _cell(value: object) -> str:
 
 
 def write_csv(rows: Iterable[AttendanceRow]) -> str:
+    """The notice (first line, one cell), the header, then one line per row."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([REDISCLOSURE_NOTICE])
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         writer.writerow([_cell(getattr(row, name)) for name in CSV_COLUMNS])
@@ -205,11 +239,14 @@ def _parse_row(cells: dict[str, str]) -> AttendanceRow:
 def parse_csv(text: str) -> list[AttendanceRow]:
     """Rows of an attendance CSV export, or ``CsvProblem`` naming the first bad line."""
     reader = csv.reader(io.StringIO(text))
+    notice = next(reader, None)
+    if notice != [REDISCLOSURE_NOTICE]:
+        raise CsvProblem("line 1: not an attendance export (the 42 CFR part 2 notice is missing)")
     header = next(reader, None)
     if header is None or tuple(header) != CSV_COLUMNS:
-        raise CsvProblem("line 1: not an attendance export (the columns differ)")
+        raise CsvProblem("line 2: not an attendance export (the columns differ)")
     rows = []
-    for line, cells in enumerate(reader, start=2):
+    for line, cells in enumerate(reader, start=3):
         if not cells:
             continue
         if len(cells) != len(CSV_COLUMNS):
@@ -281,6 +318,7 @@ def _encounter(record: SessionAttendance, patient: PersonRecord, zone: ZoneInfo,
     encounter: dict[str, Any] = {
         "resourceType": "Encounter",
         "id": encounter_id,
+        "meta": {"security": [dict(label) for label in PART2_SECURITY]},
         "status": _encounter_status(record, patient, bool(others), now),
         "class": {"system": ACT_CODE_SYSTEM, "code": VIRTUAL_ENCOUNTER,
                   "display": "virtual"},
@@ -310,7 +348,11 @@ def fhir_bundle(records: Iterable[SessionAttendance], timezone: str,
             encounter = _encounter(record, patient, zone, now)
             full_url = f"urn:uuid:{uuid.uuid5(ENCOUNTER_NAMESPACE, encounter['id'])}"
             entries.append({"fullUrl": full_url, "resource": encounter})
-    return {"resourceType": "Bundle", "type": "collection",
+    return {"resourceType": "Bundle",
+            "meta": {"security": [dict(label) for label in PART2_SECURITY],
+                     "tag": [{"system": NOTICE_TAG_SYSTEM, "code": "42CFR2.32",
+                              "display": REDISCLOSURE_NOTICE}]},
+            "type": "collection",
             "timestamp": now.astimezone(zone).isoformat(timespec="seconds"),
             "total": len(entries), "entry": entries}
 

@@ -214,6 +214,7 @@ class _Person:
     patient_id: int | None = None
     segments: list[_Segment] = field(default_factory=list)
     check_in: CheckIn | None = None
+    refused: list[tuple[datetime, str]] = field(default_factory=list)
 
 
 def ordered(events: Iterable[Event]) -> list[Event]:
@@ -243,6 +244,8 @@ def _read_log(events: Iterable[Event]) -> dict[str, _Person]:
                 at=event.at, location=str(event.detail.get("location", "")),
                 address=str(event.detail.get("address", "")),
                 city=str(event.detail.get("city", "")), state=str(event.detail.get("state", "")))
+        elif event.kind is AttendanceKind.REFUSED and event.person is not None:
+            people[event.person].refused.append((event.at, str(event.detail.get("code", ""))))
         elif event.kind is AttendanceKind.SESSION_ENDED:
             present = event.detail.get("present")
             for open_connection in list(open_):
@@ -342,6 +345,8 @@ class PersonAttendance:
     audio_only_seconds: int
     status: AttendanceStatus
     check_in: CheckIn | None = None
+    # Attempts to join that were kept out (a locked room, say): when, and the refusal's code.
+    refused: tuple[tuple[datetime, str], ...] = ()
 
     @classmethod
     def absent(cls, person: str, role: str, patient_id: int | None,
@@ -415,5 +420,5 @@ def attendance_by_person(events: Iterable[Event], window: SessionWindow,
             audio_video_seconds=by_modality[Modality.AUDIO_VIDEO] // SECOND,
             audio_only_seconds=by_modality[Modality.AUDIO_ONLY] // SECOND,
             status=status_for(attended, window.scheduled_seconds, present_threshold_percent),
-            check_in=seen.check_in)
+            check_in=seen.check_in, refused=tuple(seen.refused))
     return result

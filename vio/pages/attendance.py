@@ -8,6 +8,11 @@
 
 Charts are SVG drawn on the server from the geometry computed here; each has a table beside it
 that says the same in text.
+
+Who sees what is ``vio.policy``'s: a session's record its therapists and the program's admins,
+a patient's dosage their therapists and admins, the dashboard each staff member's own patients
+(an admin's whole program), exports a therapist's own sessions. Every view and export is
+audited.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from vio.attendance.models import AttendanceReview
 from vio.attendance.records import ReviewRefused, SessionAttendance
 from vio.identity import Viewer
 from vio.models import Patient, Program, Session, SessionStatus
+from vio.pages import forms
 from vio.pages.common import checked_form, not_found, render, staff_page, state
-from vio.pages.staff import session_for_staff
+from vio.pages.staff import session_for_staff, viewed
+from vio.policy import Action, Scope, may
 
 TIMELINE_WIDTH = 640
 TIMELINE_ROW = 30
@@ -149,10 +156,10 @@ async def _program(db: AsyncSession, viewer: Viewer) -> Program:
 
 
 @staff_page()
-async def session_attendance_page(request: Request, db: AsyncSession,
-                                  viewer: Viewer) -> Response:
+async def session_attendance_page(request: Request, db: AsyncSession, viewer: Viewer,
+                                  scope: Scope) -> Response:
     """One session's attendance: review it, override a status with a reason, sign it off."""
-    session = await session_for_staff(db, viewer, request.path_params["session_id"])
+    session = await session_for_staff(db, scope, request.path_params["session_id"])
     if session is None:
         return not_found(request, "There is no such session.")
     program = await _program(db, viewer)
@@ -169,8 +176,13 @@ async def session_attendance_page(request: Request, db: AsyncSession,
                     status = AttendanceStatus(str(form.get("status", "")))
                 except ValueError:
                     raise ReviewRefused("bad-status", "Choose a status.") from None
-                await records.override_status(db, record, str(form.get("person", "")), status,
-                                              str(form.get("reason", "")), viewer.staff, now)
+                try:
+                    person = forms.text(form, "person", "Person")
+                    reason = forms.text(form, "reason", "Reason", required=False)
+                except forms.FormProblem as problem:
+                    raise ReviewRefused("bad-field", str(problem)) from None
+                await records.override_status(db, record, person, status, reason,
+                                              viewer.staff, now)
             elif action == "sign-off":
                 await records.sign_off(db, record, viewer.staff, now)
             else:
@@ -182,6 +194,8 @@ async def session_attendance_page(request: Request, db: AsyncSession,
             await db.commit()
             return RedirectResponse(request.url.path, status_code=303)
     zone = ZoneInfo(program.timezone)
+    if request.method == "GET":
+        await viewed(request, db, viewer, "attendance-view", f"session:{session.id}")
     overrides = await _override_history(db, session.id)
     names = await records.person_names(db, [p.person for p in record.people] + [
         f"staff:{r.by_staff_id}" for r in overrides])
@@ -203,12 +217,15 @@ async def _override_history(db: AsyncSession, session_id: int) -> list[Attendanc
 
 
 @staff_page()
-async def patient_dosage_page(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+async def patient_dosage_page(request: Request, db: AsyncSession, viewer: Viewer,
+                              scope: Scope) -> Response:
     """A patient's weekly hours against their target across the enrollment."""
     program = await _program(db, viewer)
     patient = await db.get(Patient, request.path_params["patient_id"])
-    if patient is None or patient.program_id != program.id:
+    if not may(scope, Action.VIEW, patient):
         return not_found(request, "There is no such patient.")
+    assert patient is not None
+    await viewed(request, db, viewer, "dosage-view", f"patient:{patient.id}")
     now = state(request).clock.now()
     weeks = await records.patient_dosage(db, patient, program, now)
     return render(request, "attendance/dosage.html", patient=patient, weeks=weeks,
@@ -228,12 +245,16 @@ async def _awaiting_sign_off(db: AsyncSession, program: Program, viewer: Viewer,
 
 
 @staff_page()
-async def dashboard(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
-    """This week's dosage for every active patient, those with alerts first."""
+async def dashboard(request: Request, db: AsyncSession, viewer: Viewer,
+                    scope: Scope) -> Response:
+    """This week's dosage for every active patient the viewer may see, alerts first."""
     program = await _program(db, viewer)
     now = state(request).clock.now()
     week = IsoWeek.containing(now, program.timezone)
-    report = await records.program_week_dosage(db, program, week, now)
+    report = [(p, d) for p, d in await records.program_week_dosage(db, program, week, now)
+              if may(scope, Action.VIEW, p)]
+    await viewed(request, db, viewer, "dashboard-view", f"program:{program.id}",
+                 patients=len(report))
     flagged = [(p, d) for p, d in report if d.alerts]
     today = now.astimezone(ZoneInfo(program.timezone)).date()
     return render(request, "attendance/dashboard.html", program=program, week=week,
@@ -247,12 +268,10 @@ class ExportRequestProblem(ValueError):
 
 
 def _export_days(request: Request) -> tuple[date, date]:
-    try:
-        first = date.fromisoformat(request.query_params.get("from", ""))
-        last = date.fromisoformat(request.query_params.get("to", ""))
-    except ValueError:
-        raise ExportRequestProblem("Give the days to export as from=YYYY-MM-DD&to=YYYY-MM-DD.")\
-            from None
+    first = forms.parse_day(request.query_params.get("from"))
+    last = forms.parse_day(request.query_params.get("to"))
+    if first is None or last is None:
+        raise ExportRequestProblem("Give the days to export as from=YYYY-MM-DD&to=YYYY-MM-DD.")
     if last < first:
         raise ExportRequestProblem("The export must end on or after the day it starts.")
     if (last - first).days >= EXPORT_MAX_DAYS:
@@ -260,9 +279,11 @@ def _export_days(request: Request) -> tuple[date, date]:
     return first, last
 
 
-async def _download(request: Request, db: AsyncSession, viewer: Viewer,
+async def _download(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope,
                     export_format: ExportFormat) -> Response:
     program = await _program(db, viewer)
+    if not may(scope, Action.EXPORT, program):
+        return not_found(request, "There is nothing to export.")
     try:
         first, last = _export_days(request)
     except ExportRequestProblem as problem:
@@ -277,13 +298,15 @@ async def _download(request: Request, db: AsyncSession, viewer: Viewer,
 
 
 @staff_page()
-async def export_csv(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
-    return await _download(request, db, viewer, ExportFormat.CSV)
+async def export_csv(request: Request, db: AsyncSession, viewer: Viewer,
+                     scope: Scope) -> Response:
+    return await _download(request, db, viewer, scope, ExportFormat.CSV)
 
 
 @staff_page()
-async def export_fhir(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
-    return await _download(request, db, viewer, ExportFormat.FHIR)
+async def export_fhir(request: Request, db: AsyncSession, viewer: Viewer,
+                      scope: Scope) -> Response:
+    return await _download(request, db, viewer, scope, ExportFormat.FHIR)
 
 
 async def patient_week_summary(db: AsyncSession, patient: Patient, program: Program,
@@ -295,9 +318,9 @@ async def patient_week_summary(db: AsyncSession, patient: Patient, program: Prog
 
 
 routes = [
-    Route("/staff/sessions/{session_id:int}/attendance", session_attendance_page,
+    Route("/staff/sessions/{session_id:id}/attendance", session_attendance_page,
           methods=["GET", "POST"]),
-    Route("/staff/patients/{patient_id:int}/dosage", patient_dosage_page),
+    Route("/staff/patients/{patient_id:id}/dosage", patient_dosage_page),
     Route("/staff/dashboard", dashboard),
     Route("/staff/exports/attendance.csv", export_csv),
     Route("/staff/exports/attendance.fhir.json", export_fhir),

@@ -1,14 +1,22 @@
-"""What every page shares: templates, who is asking, CSRF, and the staff gate."""
+"""What every page shares: templates, who is asking (and their scope), signing in and out,
+CSRF and capped forms, bounded ids in paths, and the staff gate.
+
+Who is asking comes from the sign-in cookie, which holds only the opaque token of a sign-in
+session kept on the server (``vio.identity``), or from a room ticket bound to one. Ending a
+sign-in here also takes its connections out of every live room at once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
@@ -17,16 +25,46 @@ from starlette.templating import Jinja2Templates
 
 from vio import identity
 from vio.clock import Clock
+from vio.errors import refusal
 from vio.identity import ANONYMOUS as ANONYMOUS
 from vio.identity import ROOM_TICKET_NAMESPACE as ROOM_TICKET_NAMESPACE
+from vio.identity import EndReason, NewSignIn, SignInRules
 from vio.identity import Viewer as Viewer
 from vio.identity import ViewerRole as ViewerRole
-from vio.security import LoginThrottle, Signer, csrf_ok, new_csrf_token
+from vio.policy import Scope, scope_for
+from vio.rooms.admission import Person
+from vio.security import AttemptCounter, Signer, csrf_ok, new_csrf_token
 from vio.settings import Settings
 
 WEB = Path(__file__).resolve().parent.parent.parent / "web"
 templates = Jinja2Templates(directory=WEB / "templates")
 templates.env.filters["zone"] = ZoneInfo
+SIGN_IN_KEY = "sid"  # in the cookie: the sign-in session's token
+DEVICE_KEY = "device"  # in the cookie: a family member's browser
+IDLE_WARNING_SECONDS = 120  # staff pages warn this long before the idle sign-out
+
+
+def static_url(path: str) -> str:
+    """A path under /static: relative to the site, so no request header ever shapes it."""
+    return f"/static/{path.lstrip('/')}"
+
+
+templates.env.globals["static"] = static_url
+
+
+class RecordId(Convertor[int]):
+    """``{name:id}`` in a route: a database id, 1 to 18 ASCII digits; longer never matches."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("id", RecordId())
 
 
 @dataclass
@@ -37,7 +75,14 @@ class AppState:
     clock: Clock
     db: async_sessionmaker[AsyncSession]
     signer: Signer
-    login_throttle: LoginThrottle
+    sign_in_attempts: AttemptCounter
+
+    @property
+    def sign_in_rules(self) -> SignInRules:
+        return SignInRules(idle=timedelta(minutes=self.settings.idle_logoff_minutes),
+                           lifetime=timedelta(hours=self.settings.sign_in_max_hours),
+                           second_factor=timedelta(
+                               seconds=self.settings.second_factor_timeout_seconds))
 
 
 def state(conn: HTTPConnection) -> AppState:
@@ -45,26 +90,90 @@ def state(conn: HTTPConnection) -> AppState:
     return app_state
 
 
+def _in_live_room(conn: HTTPConnection) -> Callable[[int], bool]:
+    """Whether a sign-in holds a connection to a live room of this process right now."""
+    directory = getattr(conn.app.state, "rooms", None)
+
+    def holds(sign_in_id: int) -> bool:
+        if directory is None:
+            return False
+        return any(p.person.sign_in_id == sign_in_id
+                   for live in list(directory.rooms.values()) for p in live.room.everyone())
+
+    return holds
 
 
 async def current_viewer(conn: HTTPConnection, db: AsyncSession) -> Viewer:
-    """The signed-in person, after the idle sign-out rule for staff."""
+    """The signed-in person, after the idle and lifetime rules; remembered for the templates."""
     app = state(conn)
-    return await identity.viewer_from_cookie(
-        conn.session, db, idle_logoff_minutes=app.settings.idle_logoff_minutes,
-        today=app.clock.now().date())
+    token = conn.session.get(SIGN_IN_KEY)
+    viewer = ANONYMOUS
+    if token is not None:
+        now = app.clock.now()
+        row = await identity.sign_in_for_token(db, token, now, app.sign_in_rules,
+                                               _in_live_room(conn))
+        if row is None:  # ended or unknown: forget it (a pending second factor is kept)
+            conn.session.pop(SIGN_IN_KEY, None)
+        viewer = await identity.viewer_for(db, row, now)
+    conn.scope["vio.viewer"] = viewer
+    return viewer
+
+
+async def current_scope(conn: HTTPConnection, db: AsyncSession) -> tuple[Viewer, Scope]:
+    viewer = await current_viewer(conn, db)
+    return viewer, await scope_for(db, viewer)
+
+
+def begin_sign_in(request: Request, new: NewSignIn) -> None:
+    """Put a fresh sign-in on this browser (a new cookie session: new CSRF token too)."""
+    device = request.session.get(DEVICE_KEY)
+    request.session.clear()
+    request.session[SIGN_IN_KEY] = new.token
+    if isinstance(device, str):
+        request.session[DEVICE_KEY] = device
+
+
+def disconnect(conn: HTTPConnection, which: Callable[[Person], bool], code: str) -> int:
+    """Take every matching connection out of every live room now (they may come back if
+    the rules let them)."""
+    return int(conn.app.state.rooms.remove_matching(which, refusal(code), keep_out=False))
+
+
+def disconnect_sign_ins(conn: HTTPConnection, sign_in_ids: Iterable[int],
+                        code: str = "signed-out") -> int:
+    ended = set(sign_in_ids)
+    if not ended:
+        return 0
+    rooms = conn.app.state.rooms
+    # Through the directory's broadcast: the rooms of every node, not only this one's.
+    return sum(int(rooms.remove_people("sign_in_id", sign_in, refusal(code), keep_out=False))
+               for sign_in in sorted(ended))
+
+
+async def sign_out(request: Request, db: AsyncSession, viewer: Viewer) -> None:
+    """End this browser's sign-in on the server and its room connections, and forget it."""
+    if viewer.sign_in_id is not None:
+        ended = await identity.end_sign_ins(db, state(request).clock.now(),
+                                            EndReason.SIGNED_OUT, sign_in_id=viewer.sign_in_id)
+        await db.commit()
+        disconnect_sign_ins(request, ended)
+    request.session.pop(SIGN_IN_KEY, None)
+    request.session.pop("csrf", None)
 
 
 def room_ticket(conn: HTTPConnection, viewer: Viewer, session_id: int) -> str:
-    """A signed ticket naming who opened this room page, so each browser tab keeps its person."""
+    """A signed ticket naming the sign-in that opened this room page."""
     return identity.room_ticket(state(conn).signer, viewer, session_id)
 
 
 async def viewer_from_ticket(conn: HTTPConnection, db: AsyncSession, ticket: str,
                              session_id: int) -> Viewer:
     app = state(conn)
-    return await identity.viewer_from_ticket(app.signer, db, ticket, session_id,
-                                             app.clock.now().date())
+    viewer = await identity.viewer_from_ticket(app.signer, db, ticket, session_id,
+                                               app.clock.now(), app.sign_in_rules,
+                                               _in_live_room(conn))
+    conn.scope["vio.viewer"] = viewer
+    return viewer
 
 
 def csrf_token(request: Request) -> str:
@@ -75,17 +184,41 @@ def csrf_token(request: Request) -> str:
     return token
 
 
+FORM_TOO_LARGE = "This form is too large. Please shorten what you wrote and try again."
+
+
+async def read_form(request: Request) -> FormData:
+    """The posted form, read only up to ``VIO_MAX_FORM_BYTES`` (413 above that)."""
+    cap = state(request).settings.max_form_bytes
+    declared = request.headers.get("content-length", "")
+    if declared and (not declared.isascii() or not declared.isdigit()
+                     or len(declared) > 12 or int(declared) > cap):
+        raise HTTPException(413, FORM_TOO_LARGE)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise HTTPException(413, FORM_TOO_LARGE)
+    request._body = bytes(body)
+    return await request.form(max_files=0, max_fields=500, max_part_size=cap)
+
+
 async def checked_form(request: Request) -> FormData:
     """The posted form, or a 403 when its CSRF token is missing or wrong."""
-    form = await request.form()
+    form = await read_form(request)
     if not csrf_ok(request.session.get("csrf"), form.get("csrf_token")):
         raise HTTPException(403, "This form has expired. Please go back, reload and try again.")
     return form
 
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    viewer: Viewer = request.scope.get("vio.viewer", ANONYMOUS)
     context.setdefault("csrf_token", csrf_token(request))
-    context.setdefault("viewer", request.scope.get("vio.viewer", ANONYMOUS))
+    context.setdefault("viewer", viewer)
+    if viewer.sign_in_id is not None:
+        settings = state(request).settings
+        context.setdefault("idle_logoff_seconds", settings.idle_logoff_minutes * 60)
+        context.setdefault("idle_warning_seconds", IDLE_WARNING_SECONDS)
     return templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
@@ -94,26 +227,35 @@ def not_found(request: Request, message: str, code: str | None = None) -> Respon
                   code=code)
 
 
-StaffPage = Callable[[Request, AsyncSession, Viewer], Awaitable[Response]]
+def forbidden(request: Request, message: str, code: str | None = None) -> Response:
+    return render(request, "message.html", status_code=403, title="Not available",
+                  message=message, code=code)
+
+
+def bad_request(request: Request, message: str) -> Response:
+    return render(request, "message.html", status_code=400, title="Not possible",
+                  message=message)
+
+
+StaffPage = Callable[[Request, AsyncSession, Viewer, Scope], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def staff_page(*roles: ViewerRole) -> Callable[[StaffPage], Endpoint]:
-    """Wrap a staff route: signs in or refuses, and hands it a database session and the viewer."""
+    """Wrap a staff route: signs in or refuses, and hands it a database session, the viewer
+    and their scope (``vio.policy``)."""
     allowed = set(roles) or {ViewerRole.THERAPIST, ViewerRole.ADMIN}
 
     def wrap(page: StaffPage) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             async with state(request).db() as db:
-                viewer = await current_viewer(request, db)
-                request.scope["vio.viewer"] = viewer
+                viewer, scope = await current_scope(request, db)
                 if viewer.role is ViewerRole.ANONYMOUS:
                     return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
                 if viewer.role not in allowed:
-                    return render(request, "message.html", status_code=403,
-                                  title="Not available",
-                                  message="This page is for program staff.")
-                return await page(request, db, viewer)
+                    return forbidden(request, "This page is for program staff."
+                                     if not viewer.is_staff else "This page is for admins.")
+                return await page(request, db, viewer, scope)
 
         endpoint.__name__ = page.__name__
         endpoint.__doc__ = page.__doc__

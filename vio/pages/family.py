@@ -1,6 +1,11 @@
 """Family members: the invite link's join flow, and staff pages for family, consents and invites.
 
-The join flow's pages use neutral wording: they never say what the program treats.
+The join flow's pages use neutral wording: they never say what the program treats. Accepting
+an invite starts a sign-in session of the family member's own, for that one session (audited).
+Staff pages follow ``vio.policy``: a patient's therapists and admins see and add family;
+recording and revoking consents is an admin's. Revoking a consent, or an invite, ends what
+stood on it at once: the family member's sign-ins and room connections (or, for a patient's
+own consents, the patient's place in the rooms that need them).
 """
 
 from __future__ import annotations
@@ -10,16 +15,43 @@ from datetime import UTC, datetime, time
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from vio import clinic, family
+from vio import clinic, family, identity
 from vio.errors import refusal
-from vio.models import Consent, ConsentKind, FamilyInvite, FamilyMember, Patient, Session
-from vio.pages.common import Viewer, checked_form, not_found, render, staff_page, state
+from vio.identity import EndReason
+from vio.models import (
+    Consent,
+    ConsentKind,
+    FamilyInvite,
+    FamilyMember,
+    Patient,
+    Session,
+    SignInKind,
+)
+from vio.pages import forms
+from vio.pages.common import (
+    DEVICE_KEY,
+    Viewer,
+    begin_sign_in,
+    checked_form,
+    current_viewer,
+    disconnect_sign_ins,
+    forbidden,
+    not_found,
+    render,
+    staff_page,
+    state,
+)
+from vio.pages.forms import FormProblem
 from vio.pages.staff import session_for_staff
+from vio.policy import Action, Scope, may
 from vio.protocol import NAME_MAX_CHARS
+from vio.rooms.records import NEEDED_CONSENTS
+from vio.security import AttemptCounter
 
 PROBLEM_STATUS = {
     family.InviteProblem.MALFORMED: 400,
@@ -31,22 +63,24 @@ TOO_MANY_TRIES = "Too many attempts from this network. Please wait a few minutes
 
 
 def _client(request: Request) -> str:
-    return f"invite|{request.client.host if request.client else 'unknown'}"
+    return request.client.host if request.client else "unknown"
 
 
 async def invite_link(request: Request) -> Response:
-    """A family member's invite: explain what happens, ask for a name and the terms."""
+    """A family member's invite: explain what happens, ask for a name and the terms; then sign
+    them in for that one session (a sign-in session of their own, audited)."""
     app = state(request)
-    throttle = request.app.state.invite_throttle
+    throttle: AttemptCounter = request.app.state.invite_throttle
     key = _client(request)
-    if throttle.blocked(key):
+    if await throttle.blocked(key):
         return render(request, "message.html", status_code=429, title="Please wait",
                       message=TOO_MANY_TRIES, code="too-many-attempts")
     async with app.db() as db:
+        await current_viewer(request, db)
         checked = await family.check_invite(db, request.path_params["token"], app.clock.now(),
                                             app.settings.join_early_minutes)
         if isinstance(checked, family.InviteProblem):
-            throttle.failed(key)
+            await throttle.failed(key)
             return render(request, "message.html", status_code=PROBLEM_STATUS.get(checked, 410),
                           title="This invitation can't be used",
                           message=family.INVITE_PROBLEM_TEXT[checked], code=checked.value)
@@ -54,20 +88,28 @@ async def invite_link(request: Request) -> Response:
         name = checked.member.name
         if request.method == "POST":
             form = await checked_form(request)
-            name = " ".join(str(form.get("name", "")).split())
+            raw = form.get("name", "")
+            name = " ".join(raw.split())[:forms.TEXT_LIMITS["name"]] if isinstance(raw, str) \
+                else ""
             if not 1 <= len(name) <= NAME_MAX_CHARS:
                 error = f"Please enter the name others will see (up to {NAME_MAX_CHARS} letters)."
             elif form.get("terms") != "yes":
                 error = "Please confirm that you have read the terms for video sessions."
             else:
-                device = request.session.get("device") or secrets.token_urlsafe(16)
-                request.session.clear()
-                request.session.update({"family_invite_id": checked.invite.id,
-                                        "family_name": name, "device": device})
-                await clinic.audit(db, app.clock.now(), f"family-invite:{checked.invite.id}",
+                device = request.session.get(DEVICE_KEY)
+                if not isinstance(device, str) or len(device) > 40:
+                    device = secrets.token_urlsafe(16)
+                now = app.clock.now()
+                new = await identity.start_sign_in(
+                    db, SignInKind.FAMILY, now, app.sign_in_rules,
+                    family_invite_id=checked.invite.id, family_member_id=checked.member.id,
+                    family_name=name, device=device)
+                await clinic.audit(db, now, f"family-invite:{checked.invite.id}",
                                    "family-invite-opened", f"session:{checked.session.id}",
                                    name=name)
                 await db.commit()
+                request.session[DEVICE_KEY] = device
+                begin_sign_in(request, new)
                 return RedirectResponse(f"/sessions/{checked.session.id}/room", status_code=303)
     return render(request, "family/join.html", status_code=400 if error else 200, error=error,
                   name=name, starts_at=checked.session.starts_at,
@@ -76,104 +118,156 @@ async def invite_link(request: Request) -> Response:
 
 # --- staff: family members and consents --------------------------------------------------
 
-async def _patient(db: AsyncSession, viewer: Viewer, patient_id: int) -> Patient | None:
-    patient = await db.get(Patient, patient_id)
-    if patient is None or viewer.staff is None or patient.program_id != viewer.staff.program_id:
+def _date_end(raw: object) -> datetime | None:
+    """The end of the day written ``raw`` (empty: no end); ``FormProblem`` when it is no day."""
+    if raw in (None, ""):
         return None
-    return patient
+    day = forms.parse_day(raw)
+    if day is None:
+        raise FormProblem("Expiry must be a date (YYYY-MM-DD).")
+    return datetime.combine(day, time(23, 59), UTC)
 
 
-def _date_end(raw: str) -> datetime | None:
-    if not raw:
+async def end_family_sign_ins(request: Request, db: AsyncSession, reason: EndReason, *,
+                              family_member_id: int | None = None,
+                              family_invite_id: int | None = None) -> None:
+    ended = await identity.end_sign_ins(db, state(request).clock.now(), reason,
+                                        family_member_id=family_member_id,
+                                        family_invite_id=family_invite_id)
+    await db.commit()
+    disconnect_sign_ins(request, ended, "consent-revoked" if reason is
+                        EndReason.CONSENT_REVOKED else "invite-revoked")
+
+
+async def _revoke_consent(request: Request, db: AsyncSession, viewer: Viewer,
+                          consent: Consent) -> None:
+    """Revoke, and end at once what stood on the consent: a family member's sign-ins and room
+    connections, or the patient's place in rooms that need it."""
+    app = state(request)
+    await family.revoke_consent(db, consent, viewer.actor, app.clock.now())
+    await db.commit()
+    rooms = request.app.state.rooms
+    if consent.family_member_id is not None:
+        rooms.remove_family_member(consent.family_member_id, refusal("consent-revoked"))
+        await end_family_sign_ins(request, db, EndReason.CONSENT_REVOKED,
+                                  family_member_id=consent.family_member_id)
+        return
+    patient_id = consent.patient_id
+    if consent.kind is ConsentKind.TELEHEALTH:
+        ended = await identity.end_sign_ins(db, app.clock.now(), EndReason.CONSENT_REVOKED,
+                                            patient_id=patient_id)
+        await db.commit()
+        disconnect_sign_ins(request, ended, "consent-missing")
+    for live in list(rooms.rooms.values()):
+        if consent.kind in NEEDED_CONSENTS[live.room.facts.kind]:
+            live.remove_matching(lambda person: person.patient_id == patient_id,
+                                 refusal("consent-missing"), False)
+
+
+async def _family_change(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope,
+                         patient: Patient, action: object, form: FormData) -> Response | None:
+    """One change to a patient's family or consents; a refusal page, or None when done."""
+    now = state(request).clock.now()
+    if action == "add-member":
+        if not may(scope, Action.ADD_FAMILY, patient):
+            return forbidden(request, "Only the patient's therapists and admins can add family.")
+        member = FamilyMember(patient_id=patient.id,
+                              name=forms.text(form, "name", "A family member's name"),
+                              relationship_to_patient=forms.text(form, "relationship",
+                                                                 "The relationship"),
+                              contact=forms.text(form, "contact", "Contact", required=False))
+        db.add(member)
+        await db.flush()
+        await clinic.audit(db, now, viewer.actor, "family-member-added",
+                           f"patient:{patient.id}", member=member.id)
         return None
-    return datetime.combine(datetime.strptime(raw, "%Y-%m-%d").date(), time(23, 59), UTC)
+    if action not in ("add-consent", "revoke-consent"):
+        raise FormProblem("Unknown action.")
+    if not may(scope, Action.MANAGE_CONSENT, patient):
+        return forbidden(request, "Only a program admin can record or revoke consents.")
+    if action == "revoke-consent":
+        revoked = await db.get(Consent, forms.record_id(form, "consent_id") or 0)
+        if revoked is None or revoked.patient_id != patient.id:
+            raise FormProblem("There is no such consent.")
+        await _revoke_consent(request, db, viewer, revoked)
+        return None
+    try:
+        kind = ConsentKind(forms.text(form, "kind", "Kind"))
+    except ValueError:
+        raise FormProblem("Check the consent details.") from None
+    expires = _date_end(form.get("expires_on"))
+    member_id = forms.record_id(form, "family_member_id")
+    named = await db.get(FamilyMember, member_id) if member_id is not None else None
+    if kind is ConsentKind.FAMILY_DISCLOSURE and (named is None
+                                                  or named.patient_id != patient.id):
+        raise FormProblem("A family-disclosure consent must name one of the patient's family.")
+    consent = Consent(patient_id=patient.id, kind=kind,
+                      family_member_id=named.id if named and kind is
+                      ConsentKind.FAMILY_DISCLOSURE else None,
+                      scope=forms.text(form, "scope", "Scope", required=False)
+                      or ("family therapy sessions"
+                          if kind is ConsentKind.FAMILY_DISCLOSURE else ""),
+                      granted_at=now, expires_at=expires)
+    db.add(consent)
+    await db.flush()
+    await clinic.audit(db, now, viewer.actor, "consent-recorded",
+                       f"patient:{patient.id}", consent=consent.id, kind=kind.value)
+    return None
 
 
 @staff_page()
-async def family_and_consents(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
-    """A patient's family members and consents: add, record, revoke."""
+async def family_and_consents(request: Request, db: AsyncSession, viewer: Viewer,
+                              scope: Scope) -> Response:
+    """A patient's family members and consents: add family; admins record and revoke
+    consents."""
     app = state(request)
-    patient = await _patient(db, viewer, request.path_params["patient_id"])
-    if patient is None:
+    patient = await db.get(Patient, request.path_params["patient_id"])
+    if not may(scope, Action.VIEW, patient):
         return not_found(request, "There is no such patient.")
+    assert patient is not None
     now = app.clock.now()
     error = None
     if request.method == "POST":
         form = await checked_form(request)
-        action = form.get("action")
-        if action == "add-member":
-            name = str(form.get("name", "")).strip()
-            relationship = str(form.get("relationship", "")).strip()
-            if not name or not relationship:
-                error = "A family member needs a name and a relationship."
-            else:
-                member = FamilyMember(patient_id=patient.id, name=name,
-                                      relationship_to_patient=relationship,
-                                      contact=str(form.get("contact", "")).strip())
-                db.add(member)
-                await db.flush()
-                await clinic.audit(db, now, viewer.actor, "family-member-added",
-                                   f"patient:{patient.id}", member=member.id)
-        elif action == "add-consent":
-            try:
-                kind = ConsentKind(str(form.get("kind", "")))
-                expires = _date_end(str(form.get("expires_on", "")).strip())
-            except ValueError:
-                kind, expires, error = ConsentKind.TELEHEALTH, None, "Check the consent details."
-            member_id = str(form.get("family_member_id", ""))
-            named = await db.get(FamilyMember, int(member_id)) if member_id.isdigit() else None
-            if error is None and kind is ConsentKind.FAMILY_DISCLOSURE and (
-                    named is None or named.patient_id != patient.id):
-                error = "A family-disclosure consent must name one of the patient's family."
-            if error is None:
-                consent = Consent(patient_id=patient.id, kind=kind,
-                                  family_member_id=named.id if named and kind is
-                                  ConsentKind.FAMILY_DISCLOSURE else None,
-                                  scope=str(form.get("scope", "")).strip()
-                                  or ("family therapy sessions"
-                                      if kind is ConsentKind.FAMILY_DISCLOSURE else ""),
-                                  granted_at=now, expires_at=expires)
-                db.add(consent)
-                await db.flush()
-                await clinic.audit(db, now, viewer.actor, "consent-recorded",
-                                   f"patient:{patient.id}", consent=consent.id, kind=kind.value)
-        elif action == "revoke-consent":
-            revoked = await db.get(Consent, int(str(form.get("consent_id", "0")) or 0))
-            if revoked is None or revoked.patient_id != patient.id:
-                error = "There is no such consent."
-            else:
-                await family.revoke_consent(db, revoked, viewer.actor, now)
-                await db.commit()
-                if revoked.family_member_id is not None:
-                    request.app.state.rooms.remove_family_member(
-                        revoked.family_member_id, refusal("consent-revoked"))
+        try:
+            refused = await _family_change(request, db, viewer, scope, patient,
+                                           form.get("action"), form)
+        except FormProblem as problem:
+            error = str(problem)  # refused before anything was written
         else:
-            error = "Unknown action."
-        if error is None:
+            if refused is not None:
+                return refused
             await db.commit()
             return RedirectResponse(f"/staff/patients/{patient.id}/family", status_code=303)
     members = (await db.execute(select(FamilyMember).where(
         FamilyMember.patient_id == patient.id))).scalars().all()
     consents = (await db.execute(select(Consent).where(Consent.patient_id == patient.id)
                                  .order_by(Consent.granted_at.desc()))).scalars().all()
+    if request.method == "GET":
+        await clinic.audit(db, now, viewer.actor, "consents-view", f"patient:{patient.id}")
+        await db.commit()
     return render(request, "family/staff_family.html", status_code=400 if error else 200,
                   patient=patient, members=members, consents=consents, error=error, now=now,
-                  kinds=list(ConsentKind), names={m.id: m.name for m in members})
+                  kinds=list(ConsentKind), names={m.id: m.name for m in members},
+                  may_manage=may(scope, Action.MANAGE_CONSENT, patient),
+                  may_add=may(scope, Action.ADD_FAMILY, patient))
 
 
 @staff_page()
-async def session_invites(request: Request, db: AsyncSession, viewer: Viewer) -> Response:
+async def session_invites(request: Request, db: AsyncSession, viewer: Viewer,
+                          scope: Scope) -> Response:
     """A session's family invites: issue (with a link to copy), list, revoke."""
     app = state(request)
-    session = await session_for_staff(db, viewer, request.path_params["session_id"])
+    session = await session_for_staff(db, scope, request.path_params["session_id"])
     if session is None:
         return not_found(request, "There is no such session, or it is not yours.")
     now = app.clock.now()
     error = link = None
+    members = await _family_for(db, session)
     if request.method == "POST":
         form = await checked_form(request)
         if form.get("action") == "revoke":
-            invite = await db.get(FamilyInvite, int(str(form.get("invite_id", "0")) or 0))
+            invite = await db.get(FamilyInvite, forms.record_id(form, "invite_id") or 0)
             if invite is None or invite.session_id != session.id:
                 error = "There is no such invitation."
             else:
@@ -181,9 +275,11 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer) ->
                 await db.commit()
                 request.app.state.rooms.remove_family_member(
                     invite.family_member_id, refusal("invite-revoked"))
+                await end_family_sign_ins(request, db, EndReason.LINKS_REVOKED,
+                                          family_invite_id=invite.id)
         else:
-            raw = str(form.get("family_member_id", ""))
-            member = await db.get(FamilyMember, int(raw)) if raw.isdigit() else None
+            member_id = forms.record_id(form, "family_member_id")
+            member = next((m for m in members if m.id == member_id), None)
             if member is None:
                 error = "Choose a family member."
             else:
@@ -194,7 +290,6 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer) ->
                 else:
                     await db.commit()
                     link = f"{app.settings.public_base_url}/i/{token}"
-    members = await _family_for(db, session)
     invites = (await db.execute(select(FamilyInvite).where(
         FamilyInvite.session_id == session.id).order_by(FamilyInvite.id))).scalars().all()
     return render(request, "family/staff_invites.html", status_code=400 if error else 200,
@@ -210,12 +305,15 @@ async def _family_for(db: AsyncSession, session: Session) -> list[FamilyMember]:
                                                           session.starts_at.date())]
     else:
         patient_ids = []
-    return list((await db.execute(select(FamilyMember).where(
-        FamilyMember.patient_id.in_(patient_ids)).order_by(FamilyMember.name))).scalars())
+    return list((await db.execute(select(FamilyMember).join(
+        Patient, Patient.id == FamilyMember.patient_id).where(
+        FamilyMember.patient_id.in_(patient_ids),
+        Patient.program_id == session.program_id).order_by(FamilyMember.name))).scalars())
 
 
 routes = [
     Route("/i/{token}", invite_link, methods=["GET", "POST"]),
-    Route("/staff/patients/{patient_id:int}/family", family_and_consents, methods=["GET", "POST"]),
-    Route("/staff/sessions/{session_id:int}/invites", session_invites, methods=["GET", "POST"]),
+    Route("/staff/patients/{patient_id:id}/family", family_and_consents,
+          methods=["GET", "POST"]),
+    Route("/staff/sessions/{session_id:id}/invites", session_invites, methods=["GET", "POST"]),
 ]

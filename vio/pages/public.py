@@ -1,4 +1,9 @@
-"""Pages anyone may see: the front page, the patient's home, and health."""
+"""Pages anyone may see: the front page, the patient's home, and health.
+
+The front page names the demo's sign-ins only on a server started with the demo
+(``VIO_DEMO``); ``/healthz`` answers any host (load balancers ask by address) and says nothing
+but ``ok``.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from vio import clinic
+from vio import clinic, demo
 from vio.models import Program
 from vio.pages.attendance import patient_week_summary
 from vio.pages.common import ViewerRole, current_viewer, render, state
 
 
 async def home(request: Request) -> Response:
-    """What vio is, and where the demo's ways in are."""
+    """What vio is; on a demo server (``VIO_DEMO``, ``vio serve --demo``), the demo's ways in."""
     app = state(request)
     async with app.db() as db:
-        viewer = await current_viewer(request, db)
-        program = await db.get(Program, 1)
-    request.scope["vio.viewer"] = viewer
-    return render(request, "home.html", program=program,
+        await current_viewer(request, db)
+        program = None
+        if app.settings.demo:
+            demo_admin = await clinic.staff_by_email(db, demo.ADMIN["email"])
+            program = None if demo_admin is None else await db.get(Program,
+                                                                    demo_admin.program_id)
+    return render(request, "home.html", program=program, demo=demo if program else None,
                   demo_links_command="vio demo-links --json")
 
 
@@ -32,7 +40,6 @@ async def patient_home(request: Request) -> Response:
     app = state(request)
     async with app.db() as db:
         viewer = await current_viewer(request, db)
-        request.scope["vio.viewer"] = viewer
         if viewer.role is not ViewerRole.PATIENT or viewer.patient is None:
             return RedirectResponse("/", status_code=303)
         patient = viewer.patient

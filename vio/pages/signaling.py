@@ -1,7 +1,9 @@
 """The signaling WebSocket: per connection one reader, one writer with a bounded outbox.
 
-The reader waits for ``join``, finds out who is asking (cookie or room ticket) and what the
-records say about the session, then hands the connection to the session's ``LiveRoom``; every
+A handshake whose ``Origin`` is not ``VIO_PUBLIC_BASE_URL`` is refused before anything else
+(``origin_allowed``). The reader waits for ``join``, finds out who is asking (cookie or room
+ticket) and what the records say about the session, then hands the connection to the
+session's ``LiveRoom``; every
 later frame is parsed (``vio.protocol``) and handed to the room's message table. The writer
 drains the ``Outbox`` with a send deadline: a client that does not take its messages in time is
 dropped (``too-slow``) and leaves the room at that moment. Whichever of the two ends first ends
@@ -14,11 +16,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import urllib.parse
 from datetime import timedelta
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from vio.errors import BadMessage, Dropped, NotAllowed, Refusal, VioError, close_code
+from vio.nodes.node import Node
 from vio.pages.common import current_viewer, state, viewer_from_ticket
 from vio.protocol import message, parse
 from vio.rooms import records
@@ -99,11 +103,20 @@ async def _read(ws: WebSocket, outbox: Outbox, session_id: int) -> None:
                       else await current_viewer(ws, db))
             person = await records.person_for(db, viewer)
             facts = await records.load_facts(db, session_id, app.clock.now())
-            saved = None if session_id in directory.rooms else await records.load_room_state(
-                db, session_id)
         if facts is None or person is None:
             admission(person, facts, EMPTY_ROOM, app.clock.now(), timedelta())  # raises
             return
+        node: Node | None = ws.app.state.node
+        if node is not None:
+            owner = await node.owner_for(session_id)
+            if owner != node.id:  # the room lives on another node: relay to it
+                await node.relay(owner, session_id, person, name, outbox, lambda: _receive(
+                    ws, settings.ws_idle_timeout_seconds))
+                return
+        saved = None
+        if session_id not in directory.rooms:
+            async with app.db() as db:
+                saved = await records.load_room_state(db, session_id)
         live = directory.room_for(facts, saved)
         participant = live.join(person, outbox, facts, name)
         while outbox.alive:
@@ -128,9 +141,37 @@ async def _read(ws: WebSocket, outbox: Outbox, session_id: int) -> None:
         outbox.close(Dropped("server-error", "Something went wrong on the server."))
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or base URL, or None when it is not one."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.rstrip("."), port or DEFAULT_PORTS[scheme]
+
+
+def origin_allowed(origin: str | None, public_base_url: str) -> bool:
+    """A browser page's WebSocket must come from ``VIO_PUBLIC_BASE_URL`` (browsers always send
+    ``Origin``); a client that sends none is no browser, and no other site's page can ride it."""
+    if origin is None:
+        return True
+    mine = _origin(public_base_url)
+    return mine is not None and _origin(origin) == mine
+
+
 async def serve(ws: WebSocket) -> None:
     """One participant's signaling connection, from accept to close."""
     settings = state(ws).settings
+    if not origin_allowed(ws.headers.get("origin"), settings.public_base_url):
+        await ws.close(code=1008, reason="origin")  # before accept: the handshake is refused
+        return
     await ws.accept()
     outbox = Outbox(settings.ws_send_queue)
     writer = asyncio.create_task(_writer(ws, outbox, settings.ws_send_timeout_seconds))

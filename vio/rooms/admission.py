@@ -2,10 +2,11 @@
 
 Pure functions over plain facts, checked on every join and rejoin. The order of the checks is
 the order of ``admission``: identity, belonging (roster and consents, or a family member's
-invite and the consent naming them), session status, join window, removal, lock, capacity, and
-the patient's check-in for this session. ``goes_straight_in`` then says whether the person
-enters the room or waits to be admitted. Every refusal is a ``Refusal`` with a code from
-``docs/protocol.md`` and a sentence for the person.
+invite and the consent naming them; for staff, ``vio.policy.runs_session``: one of the
+session's therapists, or an admin of its program), session status, join window, removal,
+lock, capacity, and the patient's check-in for this session. ``goes_straight_in`` then says
+whether the person enters the room or waits to be admitted. Every refusal is a ``Refusal``
+with a code from ``docs/protocol.md`` and a sentence for the person.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from vio.errors import Refusal, refusal
 from vio.models import SessionKind, SessionStatus, WaitingRoomPolicy
+from vio.policy import runs_session
 
 
 class Role(enum.StrEnum):
@@ -38,6 +40,8 @@ class Person:
     family_invite_id: int | None = None
     family_member_id: int | None = None
     device: str | None = None  # for family members: the browser their invite is used on
+    program_id: int | None = None  # the program the person belongs to (staff, patients)
+    sign_in_id: int | None = None  # the sign-in the connection came with; ends it when it ends
 
     @property
     def is_therapist(self) -> bool:
@@ -110,7 +114,9 @@ def _minutes_text(delta: timedelta) -> str:
 
 def _belongs(person: Person, facts: SessionFacts, now: datetime) -> None:
     if person.is_therapist:
-        if not (person.is_admin or person.staff_id in facts.therapist_ids):
+        if not runs_session(is_admin=person.is_admin, staff_program_id=person.program_id,
+                            staff_id=person.staff_id, session_program_id=facts.program_id,
+                            therapist_ids=facts.therapist_ids):
             raise Refusal("not-on-roster", "You are not one of this session's therapists.")
     elif person.role is Role.PATIENT:
         if person.patient_id not in facts.patient_ids:

@@ -14,6 +14,8 @@ from vio.rooms.live import LiveRoom, RoomStore
 from vio.rooms.room import Room
 from vio.settings import Settings
 
+PERSON_KEYS = ("patient_id", "staff_id", "family_invite_id", "family_member_id", "sign_in_id")
+
 
 class RoomDirectory:
     def __init__(self, settings: Settings, clock: Clock, store: RoomStore,
@@ -23,6 +25,8 @@ class RoomDirectory:
         self.store = store
         self.media_factory = media_factory
         self.rooms: dict[int, LiveRoom] = {}
+        # With several nodes, removals go to every node's rooms through this (see vio.nodes).
+        self.broadcast: Callable[[dict[str, Any]], None] | None = None
 
     def room_for(self, facts: SessionFacts,
                  saved: tuple[dict[str, Any], datetime] | None = None) -> LiveRoom:
@@ -49,10 +53,21 @@ class RoomDirectory:
         return sum(live.remove_matching(which, reason, keep_out)
                    for live in list(self.rooms.values()))
 
+    def remove_people(self, field: str, value: int, reason: Refusal,
+                      keep_out: bool = True) -> int:
+        """Take everyone whose ``Person.<field>`` is ``value`` out of the live rooms, on every
+        node: a family member whose consent was revoked, a patient whose links were turned off,
+        a staff member signed out. Returns how many were in this node's rooms."""
+        assert field in PERSON_KEYS, field
+        if self.broadcast is not None:
+            self.broadcast({"op": "remove", "field": field, "value": value,
+                            "code": reason.code, "text": reason.message, "keep_out": keep_out})
+        return self.remove_matching(lambda person: getattr(person, field) == value, reason,
+                                    keep_out)
+
     def remove_family_member(self, family_member_id: int, reason: Refusal) -> int:
         """Take a family member out of every live room at once (their consent was revoked)."""
-        return self.remove_matching(
-            lambda person: person.family_member_id == family_member_id, reason)
+        return self.remove_people("family_member_id", family_member_id, reason)
 
     async def close(self) -> None:
         for live in list(self.rooms.values()):

@@ -121,7 +121,11 @@ class LiveRoom:
     def join(self, person: Person, outbox: Outbox, facts: SessionFacts,
              name: str | None = None) -> Participant:
         """Seat a connection (or raise ``Refusal``); when it closes, it leaves at that moment."""
-        participant, effects = self.room.join(person, outbox, facts, name)
+        try:
+            participant, effects = self.room.join(person, outbox, facts, name)
+        except Refusal as refused:
+            self.apply(self.room.refused(person, refused))
+            raise
         self.apply(effects)
         outbox.on_close(lambda reason: self.apply(self.room.disconnected(participant, reason)))
         return participant

@@ -83,7 +83,8 @@ async def person_for(db: AsyncSession, viewer: Viewer) -> Person | None:
             raise refusal("invite-unknown")
         return Person(identity=family_invite_identity(invite.id), role=Role.FAMILY,
                       name=viewer.family_name or member.name, family_invite_id=invite.id,
-                      family_member_id=member.id, device=viewer.device)
+                      family_member_id=member.id, device=viewer.device,
+                      sign_in_id=viewer.sign_in_id)
     return staff_or_patient(viewer)
 
 
@@ -91,10 +92,12 @@ def staff_or_patient(viewer: Viewer) -> Person | None:
     if viewer.staff is not None:
         return Person(identity=staff_identity(viewer.staff.id), role=Role.THERAPIST,
                       name=viewer.staff.name, is_admin=viewer.role is ViewerRole.ADMIN,
-                      staff_id=viewer.staff.id)
+                      staff_id=viewer.staff.id, program_id=viewer.staff.program_id,
+                      sign_in_id=viewer.sign_in_id)
     if viewer.patient is not None:
         return Person(identity=patient_identity(viewer.patient.id), role=Role.PATIENT,
-                      name=viewer.patient.display_name, patient_id=viewer.patient.id)
+                      name=viewer.patient.display_name, patient_id=viewer.patient.id,
+                      program_id=viewer.patient.program_id, sign_in_id=viewer.sign_in_id)
     return None
 
 

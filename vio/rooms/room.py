@@ -56,6 +56,9 @@ __all__ = ["Participant", "Room", "RoomEvent"]
 WARNING_TOLERANCE = timedelta(minutes=1)
 KINDS = ("audio", "video")
 DURABLE_VERSION = 1
+# Refusals of people who belong in the session that the therapists hear of and the log keeps.
+NOTED_REFUSALS = frozenset({"room-locked", "room-full", "removed", "invite-in-use",
+                            "check-in-needed"})
 
 
 @dataclass(eq=False)
@@ -340,6 +343,20 @@ class Room:
                                                            message=reason.message)))
         return effects + self._depart(participant, AttendanceKind.DROPPED, reason,
                                       reason=reason.code)
+
+    def refused(self, person: Person, reason: Refusal) -> list[Effect]:
+        """Someone who belongs here was kept out (a locked or full room, a removal): the
+        attempt is recorded, and the therapists in the room see it."""
+        if person.is_therapist or reason.code not in NOTED_REFUSALS:
+            return []
+        now = self.clock.now()
+        attempt = Record(RoomEvent(AttendanceKind.REFUSED, person=person.identity,
+                                   role=person.role.value, patient_id=person.patient_id,
+                                   detail={"code": reason.code}))
+        therapists = [p for p in self.participants.values() if p.is_therapist]
+        return [attempt, self._to(therapists, message(
+            "join-refused", name=person.name, role=person.role.value, code=reason.code,
+            message=reason.message, at=now.isoformat()))]
 
     def remove_matching(self, which: Callable[[Person], bool], reason: Refusal,
                         keep_out: bool = True) -> list[Effect]:

@@ -10,6 +10,9 @@ export const DEFAULT_CAPS = Object.freeze({ width: 640, height: 360, fps: 24, ma
 const PING_INTERVAL_MS = 20000;
 const ICE_GATHER_CAP_MS = 2000;
 const ICE_GRACE_MS = 4000; // ICE disconnected/failed this long → rebuild the connection
+// A peer connection not connected this long after our answer is reported as failed, without
+// waiting for the browser to give up on ICE by itself.
+const MEDIA_CONNECT_TIMEOUT_MS = 15000;
 const BACKOFF_START_MS = 1000;
 const BACKOFF_CAP_MS = 15000;
 const LEAVE_CLOSE_MS = 1000; // after `leave`, give the server this long to close first
@@ -112,6 +115,9 @@ function scaleDownFor(settings, caps) {
  *   speaking {participant_ids}   media-state {participant_id, audio, video}   waiting-list {waiting}
  *   chat {from, text, to}   time {ends_at, remaining_seconds, endsAt}   warning {minutes_left, message}
  *   moderated {action, media: {audio, video}}   error {code, message, source: "server"|"client"}
+ *   media-connection {state: "connected"|"failed", turnRefused: bool}: "failed" when a peer
+ *     connection never got connected (ICE or DTLS failed, or MEDIA_CONNECT_TIMEOUT_MS passed
+ *     after the answer); turnRefused when a TURN server turned down our credentials
  */
 export class RoomConnection extends EventTarget {
   constructor({ wsUrl, iceServers = [], name = null } = {}) {
@@ -138,7 +144,10 @@ export class RoomConnection extends EventTarget {
     this._pendingOffer = null;
     this._offerBusy = false;
     this._clockOffset = 0; // local clock minus server clock, in ms
-    this._timers = { reconnect: null, ping: null, ice: null, close: null };
+    this._timers = { reconnect: null, ping: null, ice: null, close: null, media: null };
+    this._mediaConnected = false; // the current peer connection has been connected
+    this._mediaFailedReported = false; // its failure to connect has been reported
+    this._turnRefused = false; // a TURN server refused the credentials (icecandidateerror)
     this._lastHeard = 0;
     this._pingSentAt = 0;
     this._onOnline = () => this._reconnectNow();
@@ -442,6 +451,7 @@ export class RoomConnection extends EventTarget {
     await waitForIceGathering(pc, ICE_GATHER_CAP_MS);
     if (stale()) return;
     this.send({ type: 'answer', sdp: pc.localDescription.sdp });
+    this._watchMediaConnect(pc);
     await this._applyCapsToSenders(pc);
   }
 
@@ -449,13 +459,54 @@ export class RoomConnection extends EventTarget {
     if (this.pc) return this.pc;
     const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
     pc.addEventListener('iceconnectionstatechange', () => this._onIceState(pc));
+    pc.addEventListener('connectionstatechange', () => this._onConnectionState(pc));
+    pc.addEventListener('icecandidateerror', (e) => {
+      // 401: the TURN server refused our credentials (wrong or expired).
+      if (pc === this.pc && e.errorCode === 401) this._turnRefused = true;
+    });
+    this._mediaConnected = false;
+    this._mediaFailedReported = false;
+    this._turnRefused = false;
     this.pc = pc;
     return pc;
+  }
+
+  /** After an answer: report a connection that does not come up within the timeout. */
+  _watchMediaConnect(pc) {
+    if (this._mediaConnected || this._timers.media) return;
+    this._timers.media = setTimeout(() => {
+      this._timers.media = null;
+      if (pc === this.pc && !this._mediaConnected) this._mediaFailed();
+    }, MEDIA_CONNECT_TIMEOUT_MS);
+  }
+
+  _onConnectionState(pc) {
+    if (pc !== this.pc || this._final) return;
+    if (pc.connectionState === 'connected') {
+      clearTimeout(this._timers.media);
+      this._timers.media = null;
+      if (!this._mediaConnected) {
+        this._mediaConnected = true;
+        this._emit('media-connection', { state: 'connected', turnRefused: false });
+      }
+    } else if (pc.connectionState === 'failed' && !this._mediaConnected) {
+      this._mediaFailed();
+    }
+  }
+
+  _mediaFailed() {
+    clearTimeout(this._timers.media);
+    this._timers.media = null;
+    if (this._mediaFailedReported) return;
+    this._mediaFailedReported = true;
+    this._emit('media-connection', { state: 'failed', turnRefused: this._turnRefused });
   }
 
   _closePeerConnection() {
     clearTimeout(this._timers.ice);
     this._timers.ice = null;
+    clearTimeout(this._timers.media);
+    this._timers.media = null;
     for (const [mid, entry] of this._remote) this._emitTrackRemoved(mid, entry);
     this._remote.clear();
     this._localMids = new Set();
@@ -537,6 +588,7 @@ export class RoomConnection extends EventTarget {
       this._timers.ice = null;
       if (this.status === 'reconnecting' && this._joined) this._setStatus('connected');
     } else if (state === 'disconnected' || state === 'failed') {
+      if (state === 'failed' && !this._mediaConnected) this._mediaFailed();
       if (this.status === 'connected') this._setStatus('reconnecting', { reason: 'media connection interrupted' });
       if (!this._timers.ice) {
         this._timers.ice = setTimeout(() => {

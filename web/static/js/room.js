@@ -421,6 +421,7 @@ function wireConnection(conn) {
     'room-state': onRoomState,
     'safety-card': onSafetyCard,
     'side-room': onSideRoom,
+    'media-connection': onMediaConnection,
     error: onError,
   };
   for (const [type, handler] of Object.entries(handlers)) {
@@ -467,6 +468,23 @@ function onStatus({ state: status }) {
     if (state.left) showEnded('You have left the session.', '', true);
     else showEnded('You are no longer connected.', 'The connection to the session was closed.', true);
   }
+}
+
+/** A peer connection that never came up: say so, instead of leaving black tiles. */
+function onMediaConnection({ state: media, turnRefused }) {
+  const shown = document.getElementById('network-blocked');
+  if (media === 'connected') {
+    if (shown) shown.remove();
+    return;
+  }
+  if (media !== 'failed' || shown) return;
+  const text = 'Your network blocks video calls, so you can’t see or hear the group right now. '
+    + 'Try another network (a home Wi‑Fi or your phone’s hotspot), or call your care team.'
+    + (turnRefused ? ' (The video relay turned this page away; reloading the page may help.)' : '');
+  showNotice(text, 'error');
+  const notices = $('notices').children;
+  notices[notices.length - 1].id = 'network-blocked';
+  announce(text);
 }
 
 function onWaiting(d) {
