@@ -69,6 +69,7 @@ SMOKE = Plan(clients=20, rooms=2, mutes=20, workers=1, concurrency=20)
 async def seed(database_url: str, rooms: int, per_room: int) -> list[dict[str, Any]]:
     """The program, groups, rosters, consents, live sessions and check-ins; one entry per room."""
     from vio.db import create_engine, migrate, session_factory
+    from vio.identity import SignInRules, start_sign_in, ticket_for_sign_in
     from vio.models import (
         AgeGroup,
         AttendanceEvent,
@@ -84,11 +85,11 @@ async def seed(database_url: str, rooms: int, per_room: int) -> list[dict[str, A
         Session,
         SessionKind,
         SessionTherapist,
+        SignInKind,
         StaffRole,
         StaffUser,
         WaitingRoomPolicy,
     )
-    from vio.pages.common import ROOM_TICKET_NAMESPACE
     from vio.security import Signer, hash_password
 
     engine = create_engine(database_url)
@@ -97,6 +98,8 @@ async def seed(database_url: str, rooms: int, per_room: int) -> list[dict[str, A
     today = now.date()
     password = hash_password("not used: clients sign in with room tickets")
     signer = Signer(SECRET)
+    rules = SignInRules(idle=timedelta(hours=12), lifetime=timedelta(hours=12),
+                        second_factor=timedelta(minutes=5))
     plan: list[dict[str, Any]] = []
     try:
         async with session_factory(engine)() as db:
@@ -140,12 +143,16 @@ async def seed(database_url: str, rooms: int, per_room: int) -> list[dict[str, A
                         person=f"patient:{patient.id}", role="patient", patient_id=patient.id,
                         detail={"location": "home", "address": "Home"}))
 
-                def ticket(who: str, session_id: int = session.id) -> str:
-                    return signer.sign({"who": who, "s": session_id}, ROOM_TICKET_NAMESPACE)
+                async def ticket(kind: SignInKind, session_id: int = session.id,
+                                 **person: int) -> str:
+                    """A room ticket bound to a sign-in session made for this person."""
+                    signed_in = await start_sign_in(db, kind, now, rules, **person)
+                    return ticket_for_sign_in(signer, signed_in.row.id, session_id)
 
                 plan.append({"session_id": session.id,
-                             "therapist": ticket(f"staff:{staff[r].id}"),
-                             "patients": [ticket(f"patient:{p.id}") for p in patients[r]]})
+                             "therapist": await ticket(SignInKind.STAFF, staff_id=staff[r].id),
+                             "patients": [await ticket(SignInKind.PATIENT, patient_id=p.id)
+                                          for p in patients[r]]})
             await db.commit()
     finally:
         await engine.dispose()
