@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -34,6 +35,16 @@ REQUIRE_SERVICES = os.environ.get("VIO_TEST_REQUIRE_SERVICES") == "1"
 def seconds(n: float) -> float:
     """A wait of ``n`` seconds on this machine, scaled for slow ones."""
     return n * TIMEOUT_SCALE
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """End a process the test started: politely, then for sure."""
+    process.terminate()
+    try:
+        process.wait(seconds(10))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def unavailable(what: str, why: str) -> None:

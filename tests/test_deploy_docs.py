@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.https_harness import caddy, caddy_config, caddy_root
-from tests.conftest import REQUIRE_SERVICES, seconds, unavailable
+from tests.conftest import REQUIRE_SERVICES, seconds, stop_process, unavailable
 from tests.test_doctor import coturn
 from tests.test_https import Browserish, csrf, free_port
 from vio.cli import parser
@@ -311,12 +311,7 @@ def vio_service(recipe: Recipe, port: int) -> Iterator[None]:
             time.sleep(0.1)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(seconds(10))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def postgres_by_socket() -> None:

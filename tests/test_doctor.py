@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, seconds
+from tests.conftest import REQUIRE_SERVICES, seconds, stop_process
 from tests.test_https import base_env, free_port, make_certificate, vio_serve
 from vio.db import create_engine, migrate
 from vio.doctor import Check, Status, diagnose, report, settings_checks, tls_check, turn_target
@@ -71,12 +71,7 @@ def coturn(directory: Path, secret: str = TURN_SECRET) -> Iterator[Coturn]:
             time.sleep(0.05)
         yield Coturn(port=port, secret=secret, log=log)
     finally:
-        process.terminate()
-        try:
-            process.wait(seconds(10))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def run_doctor(env: dict[str, str], cwd: Path) -> tuple[int, list[str]]:

@@ -38,7 +38,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from tests.conftest import REQUIRE_SERVICES, seconds
+from tests.conftest import REQUIRE_SERVICES, seconds, stop_process
 from vio.app import create_app
 from vio.pages.https import HSTS_MAX_AGE_SECONDS, StrictTransportSecurity, is_secure_origin
 from vio.settings import Settings, SettingsError
@@ -160,12 +160,7 @@ def vio_serve(directory: Path, env: dict[str, str], *args: str, port: int | None
         yield Served(base=env.get("VIO_PUBLIC_BASE_URL", f"{scheme}://127.0.0.1:{port}"),
                      port=port, env=env, cwd=directory, process=process, log=log)
     finally:
-        process.terminate()
-        try:
-            process.wait(seconds(10))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def demo_links(served: Served) -> dict[str, Any]:
