@@ -25,24 +25,21 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from vio.errors import BadMessage, Dropped, NotAllowed, Refusal, VioError
+from vio.errors import Dropped, Refusal, VioError, refusal
 from vio.nodes.placement import Placement, new_node_id
-from vio.protocol import message, parse
-from vio.rooms.admission import EMPTY_ROOM, Person, Role, SessionFacts, admission
+from vio.rooms.admission import Person, Role, SessionFacts
 from vio.rooms.directory import RoomDirectory
-from vio.rooms.outbox import Outbox
+from vio.rooms.outbox import CONNECTION_LOST, Outbox
 from vio.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SERVER_RESTART = Dropped("server-restart", "The server is moving this session; reconnecting.")
-CONNECTION_LOST = Dropped("connection-lost", "The connection closed.")
 PLACEMENT_TRIES = 3  # a room claimed elsewhere meanwhile: look again this many times
 
 # (facts, saved state) of a session, from the shared database
@@ -219,9 +216,7 @@ class Node:
             facts, saved = await self.load_facts(session_id)
             person = person_from_wire(opened["person"])
             if facts is None:
-                admission(person, facts, EMPTY_ROOM, self.directory.clock.now(),
-                          timedelta())  # raises no-such-session
-                return
+                raise refusal("no-such-session")
             live = self.directory.room_for(facts, saved if session_id not in
                                            self.directory.rooms else None)
             participant = live.join(person, outbox, facts, opened.get("name"))
@@ -230,17 +225,10 @@ class Node:
                 if payload["op"] == "close":
                     outbox.close(CONNECTION_LOST)
                     break
-                msg = None
-                try:
-                    msg = parse(payload["raw"].encode() if payload.get("binary")
-                                else payload["raw"], self.settings.ws_max_message_bytes)
-                    live.handle(participant, msg)
-                except (BadMessage, NotAllowed) as error:
-                    outbox.put(message("error", code=error.code, message=error.message,
-                                       about=msg.type if msg is not None else None))
+                live.receive(participant, payload["raw"].encode() if payload.get("binary")
+                             else payload["raw"], self.settings.ws_max_message_bytes)
         except Refusal as refused:
-            outbox.put(message("refused", code=refused.code, message=refused.message))
-            outbox.close(refused)
+            outbox.refuse(refused)
         except Dropped as dropped:
             outbox.close(dropped)
         finally:

@@ -21,18 +21,17 @@ from datetime import timedelta
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from vio.errors import BadMessage, Dropped, NotAllowed, Refusal, VioError, close_code
+from vio.errors import BadMessage, Dropped, Refusal, VioError, close_code
 from vio.nodes.node import Node
 from vio.pages.common import current_viewer, state, viewer_from_ticket
 from vio.protocol import message, parse
 from vio.rooms import records
 from vio.rooms.admission import EMPTY_ROOM, admission
 from vio.rooms.directory import RoomDirectory
-from vio.rooms.outbox import TOO_SLOW, Outbox
+from vio.rooms.outbox import CONNECTION_LOST, TOO_SLOW, Outbox
 
 log = logging.getLogger(__name__)
 
-CONNECTION_LOST = Dropped("connection-lost", "The connection closed.")
 
 
 async def _writer(ws: WebSocket, outbox: Outbox, send_timeout: float) -> None:
@@ -120,16 +119,10 @@ async def _read(ws: WebSocket, outbox: Outbox, session_id: int) -> None:
         live = directory.room_for(facts, saved)
         participant = live.join(person, outbox, facts, name)
         while outbox.alive:
-            raw = await _receive(ws, settings.ws_idle_timeout_seconds)
-            msg = None
-            try:
-                msg = parse(raw, settings.ws_max_message_bytes)
-                live.handle(participant, msg)
-            except (BadMessage, NotAllowed) as error:
-                _error(outbox, error, msg.type if msg is not None else None)
+            live.receive(participant, await _receive(ws, settings.ws_idle_timeout_seconds),
+                         settings.ws_max_message_bytes)
     except Refusal as refused:
-        outbox.put(message("refused", code=refused.code, message=refused.message))
-        outbox.close(refused)
+        outbox.refuse(refused)
     except Dropped as dropped:
         outbox.close(dropped)
     except TimeoutError:

@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from vio.errors import BadMessage, Dropped, Refusal, refusal
+from vio.errors import BadMessage, Dropped, NotAllowed, Refusal, refusal
 from vio.media import MediaError, MediaRouter, MediaState, TrackInfo
 from vio.models import AttendanceKind, SessionStatus
-from vio.protocol import ClientMessage, message
+from vio.protocol import ClientMessage, message, parse
 from vio.rooms import messages
 from vio.rooms.admission import Person, SessionFacts
 from vio.rooms.effects import (
@@ -133,6 +133,17 @@ class LiveRoom:
     def handle(self, participant: Participant, msg: ClientMessage) -> None:
         """Act on one validated message; raises ``BadMessage``/``NotAllowed`` (nothing changed)."""
         self.apply(messages.handle(self.room, participant, msg))
+
+    def receive(self, participant: Participant, raw: str | bytes, max_bytes: int) -> None:
+        """One frame from the participant's client: parsed and acted on, or answered with an
+        ``error`` that says why it was refused (nothing changed)."""
+        msg = None
+        try:
+            msg = parse(raw, max_bytes)
+            self.handle(participant, msg)
+        except (BadMessage, NotAllowed) as error:
+            participant.outbox.put(message("error", code=error.code, message=error.message,
+                                           about=msg.type if msg is not None else None))
 
     def remove_matching(self, which: Callable[[Person], bool], reason: Refusal,
                         keep_out: bool = True) -> int:

@@ -8,13 +8,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from vio.errors import Dropped, VioError
+from vio.errors import Dropped, Refusal, VioError
 
 Message = dict[str, Any]
 
 log = logging.getLogger(__name__)
 
 TOO_SLOW = Dropped("too-slow", "Your connection could not keep up.")
+CONNECTION_LOST = Dropped("connection-lost", "The connection closed.")
 
 
 class Outbox:
@@ -66,6 +67,11 @@ class Outbox:
                 callback(reason)
             except Exception:
                 log.exception("a close callback failed")
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Tell the client why it cannot be here (``refused``), then close."""
+        self.put({"type": "refused", "code": refusal.code, "message": refusal.message})
+        self.close(refusal)
 
     def discard_queued(self) -> None:
         """Forget what is queued (the client cannot take it); the close reason stays."""
