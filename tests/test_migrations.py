@@ -6,7 +6,8 @@ from vio.db import create_engine, migrate
 TABLES = {"programs", "staff_users", "patients", "patient_links", "groups", "group_therapists",
           "roster_memberships", "session_series", "sessions", "session_therapists",
           "family_members", "consents", "audit_events", "attendance_events", "attendance_reviews",
-          "family_invites", "alembic_version"}
+          "family_invites", "room_states", "sign_in_sessions", "alert_dismissals",
+          "alembic_version"}
 
 
 async def _migrate_from_empty(url: str) -> tuple[set[str], str]:

@@ -90,7 +90,8 @@ async def _people(db: AsyncSession, timezone: str, now: datetime) -> DemoPeople:
             enrollment_ends_on=start + timedelta(weeks=10),
             emergency_contact_name=f"Contact of {name.split()[0]}",
             emergency_contact_phone=f"555-01{index:02d}",
-            usual_location="Home")
+            home_address=f"{120 + index * 7} Maple Street, Springfield",
+            phone=f"555-02{index:02d}")
     db.add_all(patients.values())
     group = Group(program_id=program.id, name=GROUP_NAME)
     db.add(group)

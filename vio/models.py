@@ -24,8 +24,10 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     Time,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -188,6 +190,9 @@ class Patient(Base):
     emergency_contact_name: Mapped[str] = mapped_column(String(200), default="")
     emergency_contact_phone: Mapped[str] = mapped_column(String(40), default="")
     usual_location: Mapped[str] = mapped_column(String(300), default="")
+    # Where the patient lives and how to reach them: the safety card's first lines in a crisis.
+    home_address: Mapped[str] = mapped_column(String(300), default="")
+    phone: Mapped[str] = mapped_column(String(40), default="")
 
     program: Mapped[Program] = relationship(lazy="raise")
 
@@ -484,3 +489,22 @@ __all__ = [
     "SessionTherapist", "SignInAttempts", "SignInKind", "SignInSession", "StaffRole",
     "StaffUser", "WaitingRoomPolicy",
 ]
+
+
+class AlertDismissal(Base):
+    """A dosage alert a staff member looked into and set aside for one week, with why.
+
+    The alert stays computed (and in exports); a dismissal only takes it off the dashboard
+    for that week, and is itself audited.
+    """
+
+    __tablename__ = "alert_dismissals"
+    __table_args__ = (UniqueConstraint("patient_id", "week_start", "alert"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    week_start: Mapped[date] = mapped_column(Date)  # the Monday of the ISO week the alert is about
+    alert: Mapped[str] = mapped_column(String(40))  # a DosageAlert value
+    note: Mapped[str] = mapped_column(Text)
+    dismissed_by: Mapped[int] = mapped_column(ForeignKey("staff_users.id"))
+    dismissed_at: Mapped[datetime]
