@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,6 +39,25 @@ from vio.settings import Settings
 WEB = Path(__file__).resolve().parent.parent.parent / "web"
 templates = Jinja2Templates(directory=WEB / "templates")
 templates.env.filters["zone"] = ZoneInfo
+
+# How a moment is shown to a person: always in one named zone, always saying which.
+TIME_STYLES = {
+    "long": "%A %B %-d at %-I:%M %p %Z",  # Tuesday December 1 at 6:00 PM EST
+    "datetime": "%a %b %-d, %-I:%M %p %Z",  # Tue Dec 1, 6:00 PM EST
+    "seconds": "%Y-%m-%d %-I:%M:%S %p %Z",  # the audit log
+    "time": "%-I:%M %p %Z",  # 6:00 PM EST
+    "clock": "%-I:%M %p",  # the start of a range whose end says the zone
+    "date": "%A %B %-d",
+}
+
+
+def local_time(moment: datetime, zone: str | ZoneInfo, style: str = "datetime") -> str:
+    """``{{ s.starts_at | local(program.timezone, "long") }}``: the moment in that zone."""
+    tz = zone if isinstance(zone, ZoneInfo) else ZoneInfo(zone)
+    return moment.astimezone(tz).strftime(TIME_STYLES[style])
+
+
+templates.env.filters["local"] = local_time
 SIGN_IN_KEY = "sid"  # in the cookie: the sign-in session's token
 DEVICE_KEY = "device"  # in the cookie: a family member's browser
 IDLE_WARNING_SECONDS = 120  # staff pages warn this long before the idle sign-out
