@@ -209,7 +209,9 @@ async def test_waiting_admit_deny_and_admit_all(place):
             assert welcome["you"]["id"] == dana_id
             assert (await dana.expect("offer"))["sdp"].startswith("v=0")
 
-            listing = therapist.received("waiting-list")[-1]
+            listing = await therapist.expect("waiting-list", within=5)
+            while not any(w["name"] == "Marcus L." for w in listing["waiting"]):
+                listing = await therapist.expect("waiting-list", within=5)
             marcus_id = next(w["participant_id"] for w in listing["waiting"]
                              if w["name"] == "Marcus L.")
             await therapist.send(type="deny", participant_id=marcus_id)
@@ -277,6 +279,8 @@ async def test_warnings_then_the_end_for_everyone(place, clock, db):
         assert (await dana.expect("warning"))["minutes_left"] == 10
         clock.advance(timedelta(minutes=8))
         assert (await dana.expect("warning"))["minutes_left"] == 2
+        assert (await therapist.expect("warning"))["minutes_left"] == 10
+        assert (await therapist.expect("warning"))["minutes_left"] == 2
         assert [w["minutes_left"] for w in therapist.received("warning")] == [10, 2]
         clock.advance(timedelta(minutes=2))
         await dana.expect("ended")
