@@ -44,6 +44,7 @@ __all__ = [
     "TARGETS",
     "HostAddresses",
     "HostPorts",
+    "RtcpObserver",
     "RtpHandler",
     "Target",
     "aiortc_decoder_worker",
@@ -51,6 +52,7 @@ __all__ = [
     "check_targets",
     "guard_connect",
     "install_codec_hooks",
+    "observe_sender_rtcp",
     "on_keyframe_request",
     "receiver_decoder",
     "replace_decoder_queue",
@@ -67,6 +69,9 @@ logger = logging.getLogger(__name__)
 
 RtpHandler = Callable[[RtpPacket, int], Coroutine[Any, Any, None]]
 """The shape of ``RTCRtpReceiver._handle_rtp_packet``: ``(packet, arrival_time_ms)``."""
+
+RtcpObserver = Callable[[Any], None]
+"""Called with each RTCP packet (``aiortc.rtcp.AnyRtcpPacket``) that reaches one sender."""
 
 HostAddresses = Callable[[bool, bool], list[str]]
 """The shape of ``aioice.ice.get_host_addresses``: ``(use_ipv4, use_ipv6) -> addresses``."""
@@ -197,6 +202,9 @@ TARGETS: tuple[Target, ...] = (
         used_by=(rtcpeerconnection.create_media_description_for_transceiver,),
     ),
     Target(RTCRtpSender, "_send_keyframe", used_by=(RTCRtpSender._handle_rtcp_packet,)),
+    Target(
+        RTCRtpSender, "_handle_rtcp_packet", used_by=(RTCDtlsTransport._handle_rtcp_data,)
+    ),
     Target(
         RTCPeerConnection,
         _CONNECT,
@@ -371,6 +379,41 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
     """Call ``callback`` instead of ``RTCRtpSender._send_keyframe`` on PLI/FIR for ``sender``."""
     patched: Any = sender
     patched._send_keyframe = callback
+
+
+_RTCP_OBSERVERS: weakref.WeakKeyDictionary[RTCRtpSender, list[RtcpObserver]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def observe_sender_rtcp(sender: RTCRtpSender, observer: RtcpObserver) -> None:
+    """Call ``observer(packet)`` for each RTCP packet routed to ``sender``, then handle it.
+
+    ``RTCDtlsTransport._handle_rtcp_data`` routes each received RTCP packet (receiver reports,
+    REMB, NACK, PLI/FIR) to ``RTCRtpSender._handle_rtcp_packet`` of the senders it concerns.
+    The first observer of a sender wraps the handler it has at that moment (aiortc's own or an
+    earlier replacement) and every later observer joins the same list, so several hooks compose;
+    the handler that was there is always called after the observers. An observer is synchronous;
+    one that raises is logged (its type only) and the packet still reaches the others and the
+    handler.
+    """
+    observers = _RTCP_OBSERVERS.get(sender)
+    if observers is not None:
+        observers.append(observer)
+        return
+    observers = _RTCP_OBSERVERS[sender] = [observer]
+    handle: Callable[[Any], Coroutine[Any, Any, None]] = sender._handle_rtcp_packet
+
+    async def observed(packet: Any) -> None:
+        for notify in observers:
+            try:
+                notify(packet)
+            except Exception as error:
+                logger.warning("an RTCP observer failed: %s", type(error).__name__)
+        await handle(packet)
+
+    patched: Any = sender
+    patched._handle_rtcp_packet = observed
 
 
 # --- peer connections -------------------------------------------------------------------------
