@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -199,6 +199,21 @@ async def live_sign_in(db: AsyncSession, row: SignInSession | None, now: datetim
         row.last_seen_at = now
         await db.commit()
     return row
+
+
+async def keep_signed_in(db: AsyncSession, sign_in_ids: Iterable[int], now: datetime) -> int:
+    """Mark open sign-ins as seen now: they hold live room connections, which make no HTTP
+    requests (``vio.rooms.room.Room.tick``). Ended or expired sign-ins stay ended. Leaves
+    committing to the caller; returns how many were marked."""
+    ids = sorted(set(sign_in_ids))
+    if not ids:
+        return 0
+    rows = (await db.execute(select(SignInSession).where(
+        SignInSession.id.in_(ids), SignInSession.ended_at.is_(None),
+        SignInSession.expires_at > now))).scalars().all()
+    for row in rows:
+        row.last_seen_at = max(row.last_seen_at, now)
+    return len(rows)
 
 
 async def sign_in_for_token(db: AsyncSession, token: object, now: datetime, rules: SignInRules,

@@ -59,6 +59,15 @@ class InviteFacts:
 
 
 @dataclass(frozen=True)
+class Expected:
+    """Someone the session expects: a patient on its roster, or an invited family member."""
+
+    identity: str
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True)
 class SessionFacts:
     """What the records say about one session, loaded when someone asks to join."""
 
@@ -80,6 +89,8 @@ class SessionFacts:
     checked_in_patient_ids: frozenset[int] = field(default_factory=frozenset)
     # Every family invite to this session, by invite id (revoked and expired ones too).
     invites: dict[int, InviteFacts] = field(default_factory=dict)
+    # Who is expected (the roster's patients, then invited family members), for the therapists.
+    expected: tuple[Expected, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,14 @@ class ShowSafetyCard:
 
 
 @dataclass(frozen=True)
+class KeepSignedIn:
+    """These sign-ins hold live room connections: they count as active now (a therapist in a
+    three-hour group is not signed out for idling, and is still signed in when it ends)."""
+
+    sign_in_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class CloseMedia:
     """Close every media connection of the room."""
 
@@ -131,4 +139,5 @@ class RoomClosed:
 
 
 Effect = (Send | Close | Record | Audit | SaveStatus | SaveExtension | AddMedia | RemoveMedia
-          | AcceptAnswer | SetSpace | SetForwarding | ShowSafetyCard | CloseMedia | RoomClosed)
+          | AcceptAnswer | SetSpace | SetForwarding | ShowSafetyCard | KeepSignedIn | CloseMedia
+          | RoomClosed)

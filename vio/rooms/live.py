@@ -35,6 +35,7 @@ from vio.rooms.effects import (
     Close,
     CloseMedia,
     Effect,
+    KeepSignedIn,
     Record,
     RemoveMedia,
     RoomClosed,
@@ -76,6 +77,10 @@ class RoomStore:
 
     async def save_state(self, session_id: int, state: dict[str, Any]) -> None:
         """Keep the room's durable state (``Room.durable``), replacing what was kept."""
+        return None
+
+    async def keep_signed_in(self, sign_in_ids: tuple[int, ...]) -> None:
+        """Mark these sign-ins as active now (they hold live room connections)."""
         return None
 
 
@@ -243,6 +248,8 @@ class LiveRoom:
             card = await self.store.safety_card(room.id, effect.patient_id, effect.actor)
             effect.to.put(message("safety-card", participant_id=effect.participant_id,
                                   name=effect.name, **card))
+        elif isinstance(effect, KeepSignedIn):
+            await self.store.keep_signed_in(effect.sign_in_ids)
         elif isinstance(effect, CloseMedia):
             await self.media.close()
 

@@ -17,6 +17,7 @@ from vio.identity import (
     Viewer,
     ViewerRole,
     family_invite_identity,
+    keep_signed_in,
     patient_identity,
     staff_identity,
 )
@@ -34,7 +35,7 @@ from vio.models import (
     SessionKind,
     SessionStatus,
 )
-from vio.rooms.admission import InviteFacts, Person, Role, SessionFacts
+from vio.rooms.admission import Expected, InviteFacts, Person, Role, SessionFacts
 from vio.rooms.effects import RoomEvent
 from vio.rooms.live import RoomStore
 
@@ -101,10 +102,13 @@ def staff_or_patient(viewer: Viewer) -> Person | None:
     return None
 
 
-async def _invites(db: AsyncSession, session_id: int, now: datetime) -> dict[int, InviteFacts]:
+async def _invites(db: AsyncSession, session_id: int,
+                   now: datetime) -> tuple[dict[int, InviteFacts], list[Expected]]:
+    """Every invite to the session, and the family members whose invites still stand."""
     invites = (await db.execute(select(FamilyInvite).where(
-        FamilyInvite.session_id == session_id))).scalars().all()
+        FamilyInvite.session_id == session_id).order_by(FamilyInvite.id))).scalars().all()
     facts = {}
+    expected = []
     for invite in invites:
         member = await db.get(FamilyMember, invite.family_member_id)
         consent = None if member is None else await family.active_disclosure_consent(
@@ -113,7 +117,10 @@ async def _invites(db: AsyncSession, session_id: int, now: datetime) -> dict[int
                                        expires_at=invite.expires_at,
                                        revoked=invite.revoked_at is not None,
                                        consent_active=consent is not None)
-    return facts
+        if member is not None and invite.revoked_at is None and consent is not None:
+            expected.append(Expected(family_invite_identity(invite.id), member.name,
+                                     Role.FAMILY))
+    return facts, expected
 
 
 async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> SessionFacts | None:
@@ -138,6 +145,9 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
     checked_in = frozenset((await db.execute(select(AttendanceEvent.patient_id).where(
         AttendanceEvent.session_id == session.id,
         AttendanceEvent.kind == AttendanceKind.CHECKED_IN))).scalars())
+    invites, family_expected = await _invites(db, session.id, now)
+    expected = (*(Expected(patient_identity(p.id), p.display_name, Role.PATIENT)
+                  for p in members), *family_expected)
     return SessionFacts(
         session_id=session.id, program_id=session.program_id, title=session.title,
         kind=session.kind, status=session.status, starts_at=session.starts_at,
@@ -145,7 +155,7 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
         therapist_ids=frozenset(await clinic.session_therapist_ids(db, session.id)),
         patient_ids=frozenset(p.id for p in members), consented_patient_ids=consented,
         checked_in_patient_ids=frozenset(i for i in checked_in if i is not None),
-        invites=await _invites(db, session.id, now))
+        invites=invites, expected=expected)
 
 
 async def append_event(db: AsyncSession, session_id: int, at: datetime, event: RoomEvent) -> None:
@@ -177,6 +187,7 @@ async def safety_card(db: AsyncSession, session_id: int, patient_id: int, actor:
                        session=session_id)
     await db.commit()
     return {"location": check_in, "usual_location": patient.usual_location,
+            "home_address": patient.home_address, "phone": patient.phone,
             "emergency_contact": {"name": patient.emergency_contact_name,
                                   "phone": patient.emergency_contact_phone},
             "emergency_number": program.emergency_number}
@@ -230,6 +241,11 @@ class DatabaseRoomStore(RoomStore):
     async def save_state(self, session_id: int, state: dict[str, Any]) -> None:
         async with self._writing, self.db() as session:
             await save_room_state(session, session_id, state, self.clock.now())
+
+    async def keep_signed_in(self, sign_in_ids: tuple[int, ...]) -> None:
+        async with self._writing, self.db() as session:
+            await keep_signed_in(session, sign_in_ids, self.clock.now())
+            await session.commit()
 
     async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
         async with self._writing, self.db() as session:

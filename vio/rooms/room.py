@@ -36,6 +36,7 @@ from vio.rooms.effects import (
     Close,
     CloseMedia,
     Effect,
+    KeepSignedIn,
     Record,
     RemoveMedia,
     RoomClosed,
@@ -161,6 +162,31 @@ class Room:
              "since": w.arrived_at.isoformat()} for w in self.waiting.values()])
         return self._to((p for p in self.participants.values() if p.is_therapist), listing)
 
+    def _expected(self) -> list[dict[str, str]]:
+        """Everyone the session expects, and whether they are here yet (therapists only)."""
+        seated = {p.person.identity for p in self.participants.values()}
+        waiting = {p.person.identity for p in self.waiting.values()}
+        return [{"name": e.name, "role": e.role.value,
+                 "status": "in-room" if e.identity in seated
+                 else "waiting" if e.identity in waiting else "not-here"}
+                for e in self.facts.expected]
+
+    def _roster(self) -> Send:
+        return self._to((p for p in self.participants.values() if p.is_therapist),
+                        message("roster", expected=self._expected()))
+
+    def _tell_waiting(self) -> list[Effect]:
+        """The waiting room hears again whether a therapist is here."""
+        summary = self._session_summary()
+        return [self._to([w], message("waiting", message=self._waiting_text(summary),
+                                      session=summary)) for w in self.waiting.values()]
+
+    @staticmethod
+    def _waiting_text(summary: dict[str, Any]) -> str:
+        if summary["therapist_present"]:
+            return "Your therapist is here and will let you in shortly."
+        return "Your therapist hasn't joined yet. You will be let in when they arrive."
+
     # --- what outlives the process ----------------------------------------------------------
 
     def durable(self) -> dict[str, Any]:
@@ -240,11 +266,11 @@ class Room:
             effects += self._seat(participant)
         else:
             self.waiting[participant.id] = participant
+            summary = self._session_summary()
             effects += [_event(participant, AttendanceKind.WAITING),
                         self._to([participant], message(
-                            "waiting", message="A therapist will let you in shortly.",
-                            session=self._session_summary())),
-                        self._waiting_list()]
+                            "waiting", message=self._waiting_text(summary), session=summary)),
+                        self._waiting_list(), self._roster()]
         return participant, effects
 
     def _session_summary(self) -> dict[str, Any]:
@@ -260,6 +286,7 @@ class Room:
             effects.append(SaveStatus(SessionStatus.OPEN))
         participant.admitted = True
         self.participants[participant.id] = participant
+        for_therapists = {"expected": self._expected()} if participant.is_therapist else {}
         effects += [
             _event(participant, AttendanceKind.ADMITTED),
             self._to([participant], message(
@@ -271,7 +298,8 @@ class Room:
                 caps={"width": self.settings.publish_width,
                       "height": self.settings.publish_height,
                       "fps": self.settings.publish_fps,
-                      "max_bitrate": self.settings.publish_max_kbps * 1000})),
+                      "max_bitrate": self.settings.publish_max_kbps * 1000},
+                **for_therapists)),
             self._broadcast(message("participant-joined", participant=participant.public()),
                             exclude=participant),
             AddMedia(participant.id, participant.is_therapist),
@@ -290,6 +318,9 @@ class Room:
                     del self.waiting[waiting.id]
                     effects += self._seat(waiting)
             effects.append(self._waiting_list())
+            effects += self._tell_waiting()
+        else:
+            effects.append(self._roster())
         return effects
 
     # --- leaving ----------------------------------------------------------------------------
@@ -308,6 +339,11 @@ class Room:
             effects.append(Close(participant.outbox, close))
         if was_waiting:
             effects.append(self._waiting_list())
+        if not (self.ended or participant.is_therapist):
+            effects.append(self._roster())
+        if was_in and participant.is_therapist and not any(
+                p.is_therapist for p in self.participants.values()):
+            effects += self._tell_waiting()
         if was_in:
             effects += [self._broadcast(message("participant-left",
                                                 participant_id=participant.id)),
@@ -607,6 +643,10 @@ class Room:
             if self.participants:
                 effects.append(Record(RoomEvent(AttendanceKind.HEARTBEAT, detail={
                     "present": sorted(self.participants)})))
+            sign_ins = sorted({p.person.sign_in_id for p in self.everyone()
+                               if p.person.sign_in_id is not None})
+            if sign_ins:
+                effects.append(KeepSignedIn(tuple(sign_ins)))
         return effects
 
     def end(self, why: str) -> list[Effect]:
