@@ -116,11 +116,13 @@ async def test_sign_off_locks_the_record(db, staff_client):  # noqa: F811
 
 
 async def test_sign_off_waits_for_the_session_to_end(db, staff_client, clock):  # noqa: F811
+    # Seeded as of Thursday of week 47 at 6 PM: that session has just begun, not ended.
+    clock.advance(datetime(2026, 11, 20, 0, 0, tzinfo=UTC) - clock.now())
     seeded = await seed_program(db, now=clock.now())
     await db.commit()
     token = sign_in(staff_client, "robin@lakeside.test")
     upcoming = seeded.sessions[("2026-W47", "Thu")]
-    clock.advance(upcoming.starts_at - clock.now())  # the session has just begun
+    assert upcoming.starts_at <= clock.now() < upcoming.ends_at
     page = staff_client.post(f"/staff/sessions/{upcoming.id}/attendance",
                              data={"csrf_token": token, "action": "sign-off"})
     assert page.status_code == 400 and "once the session has ended" in page.text

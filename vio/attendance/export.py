@@ -26,7 +26,7 @@ import enum
 import io
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -36,7 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from vio import clinic
 from vio.attendance.intervals import SECONDS_PER_MINUTE, AttendanceStatus
-from vio.attendance.records import PersonRecord, SessionAttendance, records_between
+from vio.attendance.records import (
+    PersonRecord,
+    SessionAttendance,
+    person_names,
+    records_between,
+)
 from vio.models import Program, SessionKind, SessionStatus, StaffUser
 
 MODIFIER_AUDIO_VIDEO = "95"
@@ -80,6 +85,7 @@ PART2_SECURITY = [
      "display": "42 CFR Part2"},
 ]
 NOTICE_TAG_SYSTEM = "urn:vio:notice"
+SESSION_TITLE_URL = "urn:vio:session-title"  # the session's title, on each Encounter
 
 SERVICE_NAMES = {
     SessionKind.GROUP: "Group psychotherapy",
@@ -122,9 +128,14 @@ class AttendanceRow:
     modality_note: str
     place_of_service: str
     billing_code: str  # the code this record supports
+    name: str = ""  # what staff call the person (PHI: exports are audited and carry the notice)
+    held_minutes: int = 0  # of audio_video_minutes, time a therapist held video or microphone
 
 
-CSV_COLUMNS = tuple(f.name for f in dataclasses.fields(AttendanceRow))
+_FIELDS = [f.name for f in dataclasses.fields(AttendanceRow)]
+# The name next to the identity it belongs to.
+CSV_COLUMNS = tuple(dict.fromkeys(
+    [*_FIELDS[:_FIELDS.index("person") + 1], "name", *_FIELDS]))
 
 
 def modifier_for(audio_video_minutes: int, audio_only_minutes: int) -> str:
@@ -137,7 +148,16 @@ def _local(moment: datetime | None, zone: ZoneInfo) -> datetime | None:
     return None if moment is None else moment.astimezone(zone).replace(microsecond=0)
 
 
-def _row(record: SessionAttendance, person: PersonRecord, zone: ZoneInfo) -> AttendanceRow:
+def held_note(held_minutes: int) -> str:
+    """What the record says about minutes a therapist's hold would otherwise have made 93."""
+    if held_minutes <= 0:
+        return ""
+    return (f"{held_minutes} min audio-video with the video or microphone held by the "
+            f"therapist")
+
+
+def _row(record: SessionAttendance, person: PersonRecord, zone: ZoneInfo,
+         names: Mapping[str, str]) -> AttendanceRow:
     measured = person.attendance
     check_in = measured.check_in
     place = ""
@@ -158,12 +178,17 @@ def _row(record: SessionAttendance, person: PersonRecord, zone: ZoneInfo) -> Att
         check_in_location=check_in.location if check_in is not None else "",
         status=person.status,
         modifier=modifier_for(measured.audio_video_minutes, measured.audio_only_minutes),
-        modality_note="", place_of_service=place, billing_code=record.billing_code)
+        modality_note=held_note(measured.held_minutes), place_of_service=place,
+        billing_code=record.billing_code, name=names.get(person.person, ""),
+        held_minutes=measured.held_minutes)
 
 
-def attendance_rows(records: Iterable[SessionAttendance], timezone: str) -> list[AttendanceRow]:
+def attendance_rows(records: Iterable[SessionAttendance], timezone: str,
+                    names: Mapping[str, str] | None = None) -> list[AttendanceRow]:
+    """One row per person per session; ``names`` (identity to name) fills the name column."""
     zone = ZoneInfo(timezone)
-    return [_row(record, person, zone) for record in records for person in record.people]
+    return [_row(record, person, zone, names or {}) for record in records
+            for person in record.people]
 
 
 # --- CSV ----------------------------------------------------------------------------------------
@@ -233,7 +258,8 @@ def _parse_row(cells: dict[str, str]) -> AttendanceRow:
         audio_only_minutes=int(cells["audio_only_minutes"]),
         check_in_location=text("check_in_location"), status=AttendanceStatus(cells["status"]),
         modifier=text("modifier"), modality_note=text("modality_note"),
-        place_of_service=text("place_of_service"), billing_code=text("billing_code"))
+        place_of_service=text("place_of_service"), billing_code=text("billing_code"),
+        name=text("name"), held_minutes=int(cells["held_minutes"]))
 
 
 def parse_csv(text: str) -> list[AttendanceRow]:
@@ -275,14 +301,22 @@ def _period(start: datetime | None, end: datetime | None, zone: ZoneInfo) -> dic
     return period
 
 
-def _participant(person: PersonRecord, zone: ZoneInfo) -> dict[str, Any]:
+def _reference(resource: str, person: str, names: Mapping[str, str]) -> dict[str, str]:
+    reference = {"reference": f"{resource}/{_fhir_id(person)}"}
+    if names.get(person):
+        reference["display"] = names[person]
+    return reference
+
+
+def _participant(person: PersonRecord, zone: ZoneInfo,
+                 names: Mapping[str, str]) -> dict[str, Any]:
     measured = person.attendance
     is_staff = person.role == THERAPIST_ROLE
     code = PRIMARY_PERFORMER if is_staff else PARTICIPANT
     resource = "Practitioner" if is_staff else "RelatedPerson"
     return {"type": [{"coding": [{"system": PARTICIPATION_SYSTEM, "code": code}],
                       "text": person.role}],
-            "individual": {"reference": f"{resource}/{_fhir_id(person.person)}"},
+            "individual": _reference(resource, person.person, names),
             "period": _period(measured.first_join, measured.last_leave, zone)}
 
 
@@ -301,7 +335,7 @@ def _encounter_status(record: SessionAttendance, patient: PersonRecord, others_c
 
 
 def _encounter(record: SessionAttendance, patient: PersonRecord, zone: ZoneInfo,
-               now: datetime) -> dict[str, Any]:
+               now: datetime, names: Mapping[str, str]) -> dict[str, Any]:
     session = record.session
     others = [p for p in record.people
               if p.role != PATIENT_ROLE and p.attendance.attended_seconds > 0]
@@ -325,11 +359,13 @@ def _encounter(record: SessionAttendance, patient: PersonRecord, zone: ZoneInfo,
         "type": [{"coding": [{"system": CPT_SYSTEM, "code": code}],
                   "text": SERVICE_NAMES[session.kind]}],
         "serviceType": {"text": SERVICE_NAMES[session.kind]},
-        "subject": {"reference": f"Patient/{patient.patient_id}"},
-        "participant": [_participant(p, zone) for p in others],
+        "subject": _reference("Patient", patient.person, names),
+        "participant": [_participant(p, zone, names) for p in others],
         "length": {"value": seconds // SECONDS_PER_MINUTE, "unit": "min", "system": UCUM,
                    "code": "min"},
     }
+    if session.title:
+        encounter["extension"] = [{"url": SESSION_TITLE_URL, "valueString": session.title}]
     period = _period(start, end, zone)
     if period:
         encounter["period"] = period
@@ -339,13 +375,14 @@ def _encounter(record: SessionAttendance, patient: PersonRecord, zone: ZoneInfo,
 
 
 def fhir_bundle(records: Iterable[SessionAttendance], timezone: str,
-                now: datetime) -> dict[str, Any]:
-    """A FHIR R4 Bundle (type collection) with one Encounter per patient per session."""
+                now: datetime, names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A FHIR R4 Bundle (type collection) with one Encounter per patient per session;
+    ``names`` adds each reference's ``display``."""
     zone = ZoneInfo(timezone)
     entries = []
     for record in records:
         for patient in record.patients:
-            encounter = _encounter(record, patient, zone, now)
+            encounter = _encounter(record, patient, zone, now, names or {})
             full_url = f"urn:uuid:{uuid.uuid5(ENCOUNTER_NAMESPACE, encounter['id'])}"
             entries.append({"fullUrl": full_url, "resource": encounter})
     return {"resourceType": "Bundle",
@@ -377,13 +414,14 @@ async def export_attendance(db: AsyncSession, program: Program, first_day: date,
     if last_day < first_day:
         raise ValueError("The export must end on or after the day it starts.")
     records = await records_between(db, program, first_day, last_day, staff)
+    names = await person_names(db, [p.person for r in records for p in r.people])
     stem = f"attendance-{first_day.isoformat()}-{last_day.isoformat()}"
     export: Export
     if export_format is ExportFormat.CSV:
-        rows = attendance_rows(records, program.timezone)
+        rows = attendance_rows(records, program.timezone, names)
         export = Export(write_csv(rows), "text/csv; charset=utf-8", f"{stem}.csv", len(rows))
     else:
-        bundle = fhir_bundle(records, program.timezone, now)
+        bundle = fhir_bundle(records, program.timezone, now, names)
         export = Export(json.dumps(bundle, indent=1), "application/fhir+json",
                         f"{stem}.fhir.json", bundle["total"])
     await clinic.audit(db, now, actor, "attendance-exported", f"program:{program.id}",

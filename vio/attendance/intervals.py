@@ -15,6 +15,12 @@ rules:
 - At each moment a person is audio-video when their connections bring both audio and video,
   audio-only when audio arrives and video does not, and otherwise present without media: that
   counts as attended but as neither (modifier 95 vs 93).
+- A therapist's hold is not the patient's modality. While a therapist holds back a person's
+  video (``stop-video``) or microphone (``mute``, ``lock-mic``), that kind counts as still
+  coming, as long as the other one arrives: such time is audio-video held by a therapist
+  (``Modality.HELD_BY_THERAPIST``), billed like audio-video (95), never turned into 93. A hold
+  lasts until the person's own media of that kind reaches the server again (holds outlive a
+  reconnect), or the session's end.
 
 Events are taken in ``(at, id)`` order whatever order they arrive in, so the result depends only
 on the set of events, and repeating an event changes nothing.
@@ -55,6 +61,14 @@ class Modality(enum.StrEnum):
     AUDIO_VIDEO = "audio-video"
     AUDIO_ONLY = "audio-only"
     NO_MEDIA = "no-media"
+    # Audio-video, except that a therapist held back the person's video or microphone.
+    HELD_BY_THERAPIST = "held-by-therapist"
+
+
+# Modalities with both audio and video on the record (modifier 95).
+VIDEO_MODALITIES = frozenset({Modality.AUDIO_VIDEO, Modality.HELD_BY_THERAPIST})
+# What the room audits when a therapist holds back one kind of a person's media.
+HOLD_ACTIONS = {"stop-video": "video", "mute": "audio", "lock-mic": "audio"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,16 @@ class Event:
     connection: str | None = None
     patient_id: int | None = None
     detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A therapist held back ``kind`` (``audio`` or ``video``) of ``person`` from ``at`` on."""
+
+    at: datetime
+    person: str
+    kind: str
+    by: str = ""
 
 
 def _aware(moment: datetime, what: str) -> None:
@@ -184,6 +208,8 @@ class _Segment:
     end: datetime
     audio: bool
     video: bool
+    held_audio: bool = False
+    held_video: bool = False
 
 
 @dataclass
@@ -301,9 +327,40 @@ def needs_heartbeats(events: Iterable[Event]) -> bool:
     return bool(in_room)
 
 
-def _media_spans(segments: Iterable[_Segment], window: SessionWindow) -> tuple[MediaSpan, ...]:
-    """Sweep one person's segments: at each moment, which modality their connections give."""
-    changes: dict[datetime, list[int]] = defaultdict(lambda: [0, 0, 0])
+def hold_intervals(events: Iterable[Event], holds: Iterable[Hold],
+                   ) -> dict[str, list[tuple[str, AttendanceInterval | datetime]]]:
+    """For each person, each hold as (kind, interval), or (kind, start) when it never ended.
+
+    A hold ends when the person's own media of that kind next reaches the server."""
+    returned: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+    for event in events:
+        if event.kind is AttendanceKind.MEDIA and event.person is not None:
+            for kind in ("audio", "video"):
+                if event.detail.get(kind) is True:
+                    returned[event.person].append((event.at, kind))
+    result: dict[str, list[tuple[str, AttendanceInterval | datetime]]] = defaultdict(list)
+    for hold in sorted(holds, key=lambda h: h.at):
+        back = min((at for at, kind in returned.get(hold.person, ())
+                    if kind == hold.kind and at > hold.at), default=None)
+        result[hold.person].append(
+            (hold.kind, AttendanceInterval(hold.at, back) if back is not None else hold.at))
+    return result
+
+
+def _modality(audio: int, video: int, held_audio: int, held_video: int) -> Modality:
+    if audio and video:
+        return Modality.AUDIO_VIDEO
+    if (audio or video) and (audio or held_audio) and (video or held_video):
+        return Modality.HELD_BY_THERAPIST
+    return Modality.AUDIO_ONLY if audio else Modality.NO_MEDIA
+
+
+def _media_spans(segments: Iterable[_Segment], window: SessionWindow,
+                 held: Iterable[tuple[str, AttendanceInterval | datetime]] = (),
+                 ) -> tuple[MediaSpan, ...]:
+    """Sweep one person's segments: at each moment, which modality their connections give,
+    and which kinds a therapist holds back."""
+    changes: dict[datetime, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for segment in segments:
         start, end = max(segment.start, window.starts_at), min(segment.end, window.ends_at)
         if start >= end:
@@ -313,19 +370,25 @@ def _media_spans(segments: Iterable[_Segment], window: SessionWindow) -> tuple[M
             change[0] += sign
             change[1] += sign * segment.audio
             change[2] += sign * segment.video
+    for kind, span in held:
+        slot = 3 if kind == "audio" else 4
+        begins, ends = (span.start, span.end) if isinstance(span, AttendanceInterval) \
+            else (span, window.ends_at)
+        begins, ends = max(begins, window.starts_at), min(ends, window.ends_at)
+        if begins < ends:
+            changes[begins][slot] += 1
+            changes[ends][slot] -= 1
     spans: list[MediaSpan] = []
-    present = audio = video = 0
+    count = [0, 0, 0, 0, 0]
     previous: datetime | None = None
     for at in sorted(changes):
-        if previous is not None and present > 0:
-            modality = (Modality.AUDIO_VIDEO if audio and video
-                        else Modality.AUDIO_ONLY if audio else Modality.NO_MEDIA)
+        if previous is not None and count[0] > 0:
+            modality = _modality(*count[1:])
             if spans and spans[-1].end == previous and spans[-1].modality is modality:
                 spans[-1] = MediaSpan(spans[-1].start, at, modality)
             else:
                 spans.append(MediaSpan(previous, at, modality))
-        delta = changes[at]
-        present, audio, video = present + delta[0], audio + delta[1], video + delta[2]
+        count = [c + d for c, d in zip(count, changes[at], strict=True)]
         previous = at
     return tuple(spans)
 
@@ -341,12 +404,14 @@ class PersonAttendance:
     intervals: tuple[AttendanceInterval, ...]
     spans: tuple[MediaSpan, ...]
     attended_seconds: int
-    audio_video_seconds: int
+    audio_video_seconds: int  # both kinds on the record, including time held by a therapist
     audio_only_seconds: int
     status: AttendanceStatus
     check_in: CheckIn | None = None
     # Attempts to join that were kept out (a locked room, say): when, and the refusal's code.
     refused: tuple[tuple[datetime, str], ...] = ()
+    # Of ``audio_video_seconds``, the time a therapist held the person's video or microphone.
+    held_seconds: int = 0
 
     @classmethod
     def absent(cls, person: str, role: str, patient_id: int | None,
@@ -367,6 +432,10 @@ class PersonAttendance:
     @property
     def audio_only_minutes(self) -> int:
         return self.audio_only_seconds // SECONDS_PER_MINUTE
+
+    @property
+    def held_minutes(self) -> int:
+        return self.held_seconds // SECONDS_PER_MINUTE
 
     @property
     def first_join(self) -> datetime | None:
@@ -402,13 +471,16 @@ def status_for(attended_seconds: int, scheduled_seconds: int,
 
 
 def attendance_by_person(events: Iterable[Event], window: SessionWindow,
-                         present_threshold_percent: int) -> dict[str, PersonAttendance]:
-    """Each person's attendance at one session, keyed by their identity (``patient:3``)."""
+                         present_threshold_percent: int,
+                         holds: Iterable[Hold] = ()) -> dict[str, PersonAttendance]:
+    """Each person's attendance at one session, keyed by their identity (``patient:3``);
+    ``holds`` are the therapists' holds of their media during it."""
     events = list(events)
     window = window.extended_by(events)
+    held = hold_intervals(events, holds)
     result: dict[str, PersonAttendance] = {}
     for person, seen in sorted(_read_log(events).items()):
-        spans = _media_spans(seen.segments, window)
+        spans = _media_spans(seen.segments, window, held.get(person, ()))
         intervals = merge_intervals(AttendanceInterval(s.start, s.end) for s in spans)
         attended = total_seconds(intervals)
         by_modality: dict[Modality, timedelta] = defaultdict(timedelta)
@@ -417,8 +489,49 @@ def attendance_by_person(events: Iterable[Event], window: SessionWindow,
         result[person] = PersonAttendance(
             person=person, role=seen.role, patient_id=seen.patient_id, window=window,
             intervals=intervals, spans=spans, attended_seconds=attended,
-            audio_video_seconds=by_modality[Modality.AUDIO_VIDEO] // SECOND,
+            audio_video_seconds=sum((by_modality[m] for m in VIDEO_MODALITIES),
+                                    timedelta(0)) // SECOND,
             audio_only_seconds=by_modality[Modality.AUDIO_ONLY] // SECOND,
             status=status_for(attended, window.scheduled_seconds, present_threshold_percent),
-            check_in=seen.check_in, refused=tuple(seen.refused))
+            check_in=seen.check_in, refused=tuple(seen.refused),
+            held_seconds=by_modality[Modality.HELD_BY_THERAPIST] // SECOND)
+    return result
+
+
+# --- who is where, while the session runs ----------------------------------------------------
+
+class Presence(enum.StrEnum):
+    """Where a person is at a live session, from the log so far (any node's room writes it)."""
+
+    IN_ROOM = "in the room now"
+    WAITING = "waiting"
+    NOT_HERE = "not here yet"
+    LEFT = "left"
+
+
+def presence_now(events: Iterable[Event]) -> dict[str, Presence]:
+    """Each person seen in the log: in the room (some connection admitted and not gone),
+    waiting (some connection in the waiting room), or left. Persons never seen are not here
+    yet; callers add them."""
+    where: dict[str, dict[str, Presence]] = defaultdict(dict)  # person -> connection -> place
+    for event in ordered(events):
+        if event.kind is AttendanceKind.SESSION_ENDED:
+            for connections in where.values():
+                for connection in connections:
+                    connections[connection] = Presence.LEFT
+            continue
+        if event.person is None or event.connection is None:
+            continue
+        if event.kind is AttendanceKind.WAITING:
+            where[event.person][event.connection] = Presence.WAITING
+        elif event.kind is AttendanceKind.ADMITTED:
+            where[event.person][event.connection] = Presence.IN_ROOM
+        elif (event.kind in LEAVING_KINDS or event.kind is AttendanceKind.DENIED) and \
+                event.connection in where.get(event.person, {}):
+            where[event.person][event.connection] = Presence.LEFT
+    result: dict[str, Presence] = {}
+    for person, places in where.items():
+        seen = set(places.values())
+        result[person] = (Presence.IN_ROOM if Presence.IN_ROOM in seen
+                          else Presence.WAITING if Presence.WAITING in seen else Presence.LEFT)
     return result

@@ -8,9 +8,10 @@ to the caller.
 
 from __future__ import annotations
 
+import enum
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import or_, select
@@ -28,18 +29,23 @@ from vio.attendance.dosage import (
     weekly_dosage,
 )
 from vio.attendance.intervals import (
+    HOLD_ACTIONS,
     AttendanceStatus,
     Event,
+    Hold,
     PersonAttendance,
+    Presence,
     SessionWindow,
     attendance_by_person,
     needs_heartbeats,
+    presence_now,
 )
 from vio.attendance.models import REASON_MAX_CHARS, AttendanceReview
 from vio.identity import family_invite_identity, patient_identity, staff_identity
 from vio.models import (
     AttendanceEvent,
     AttendanceKind,
+    AuditEvent,
     EnrollmentStatus,
     Patient,
     Program,
@@ -54,11 +60,28 @@ from vio.models import (
 
 IDS_PER_QUERY = 500
 PATIENT_ROLE = "patient"
+THERAPIST_ROLE = "therapist"
 ROLE_ORDER = {"therapist": 0, "patient": 1, "family": 2}
 # DESIGN.md: family psychotherapy with the patient 90847, without the patient 90846.
 FAMILY_WITH_PATIENT = "90847"
 FAMILY_WITHOUT_PATIENT = "90846"
 ATTENDED = frozenset({AttendanceStatus.PRESENT, AttendanceStatus.PARTIAL})
+# A room opens before its scheduled start and may be extended: holds are looked for this far
+# either side of the sessions' scheduled times.
+HOLD_MARGIN = timedelta(hours=12)
+# An end this much before the scheduled (extended) end is an early end.
+EARLY_END_TOLERANCE = timedelta(minutes=1)
+
+
+class SessionOutcome(enum.StrEnum):
+    """How a session went, for lists of past sessions."""
+
+    UPCOMING = "upcoming"
+    LIVE = "live"
+    HELD = "held"
+    ENDED_EARLY = "ended early"
+    NOT_HELD = "not held"  # over, and no patient or family member ever came in
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -95,10 +118,43 @@ class SessionAttendance:
     window: SessionWindow
     people: tuple[PersonRecord, ...]
     sign_off: AttendanceReview | None = None
+    ended_at: datetime | None = None  # when the room ended the session (early or on time)
+    presence: dict[str, Presence] = field(default_factory=dict)  # while the session runs
 
     @property
     def locked(self) -> bool:
         return self.sign_off is not None
+
+    def is_over(self, now: datetime) -> bool:
+        """Whether the session has ended: its time is up, or the room ended it."""
+        return (now >= self.window.ends_at or self.ended_at is not None
+                or self.session.status is SessionStatus.ENDED)
+
+    def is_live(self, now: datetime) -> bool:
+        return (self.session.status is not SessionStatus.CANCELLED and not self.is_over(now)
+                and (now >= self.window.starts_at or self.session.status is SessionStatus.OPEN))
+
+    @property
+    def ended_early(self) -> bool:
+        return (self.ended_at is not None
+                and self.ended_at < self.window.ends_at - EARLY_END_TOLERANCE)
+
+    def outcome(self, now: datetime) -> SessionOutcome:
+        if self.session.status is SessionStatus.CANCELLED:
+            return SessionOutcome.CANCELLED
+        if not self.is_over(now):
+            return SessionOutcome.LIVE if self.is_live(now) else SessionOutcome.UPCOMING
+        if not any(p.attendance.attended_seconds > 0 for p in self.people
+                   if p.role != THERAPIST_ROLE):
+            return SessionOutcome.NOT_HELD
+        return SessionOutcome.ENDED_EARLY if self.ended_early else SessionOutcome.HELD
+
+    def presence_of(self, person: str) -> Presence:
+        return self.presence.get(person, Presence.NOT_HERE)
+
+    def count(self, presence: Presence) -> int:
+        """How many people are ``presence`` now (the therapists too)."""
+        return sum(1 for p in self.presence.values() if p is presence)
 
     @property
     def patients(self) -> tuple[PersonRecord, ...]:
@@ -190,10 +246,33 @@ async def load_reviews(db: AsyncSession,
     return reviews
 
 
+async def load_holds(db: AsyncSession, sessions: Sequence[Session]) -> dict[int, list[Hold]]:
+    """The therapists' holds of people's media in each session (the room audits each one)."""
+    holds: dict[int, list[Hold]] = defaultdict(list)
+    if not sessions:
+        return holds
+    ids = {s.id for s in sessions}
+    start = min(s.starts_at for s in sessions) - HOLD_MARGIN
+    end = max(s.ends_at for s in sessions) + HOLD_MARGIN
+    rows = await db.execute(select(AuditEvent.at, AuditEvent.actor, AuditEvent.action,
+                                   AuditEvent.target, AuditEvent.detail).where(
+        AuditEvent.action.in_(list(HOLD_ACTIONS)), AuditEvent.at >= start, AuditEvent.at < end))
+    for at, actor, action, target, detail in rows:
+        session_id = detail.get("session") if isinstance(detail, dict) else None
+        if isinstance(session_id, int) and session_id in ids:
+            holds[session_id].append(Hold(at, target, HOLD_ACTIONS[action], actor))
+    return holds
+
+
+def _ended_at(events: Iterable[Event]) -> datetime | None:
+    return min((e.at for e in events if e.kind is AttendanceKind.SESSION_ENDED), default=None)
+
+
 def _assemble(session: Session, events: list[Event], expected: set[int],
-              reviews: list[AttendanceReview], threshold: int) -> SessionAttendance:
+              reviews: list[AttendanceReview], threshold: int,
+              holds: Sequence[Hold] = ()) -> SessionAttendance:
     window = SessionWindow(session.starts_at, session.ends_at)
-    measured = attendance_by_person(events, window, threshold)
+    measured = attendance_by_person(events, window, threshold, holds)
     window = window.extended_by(events)
     for patient_id in expected:
         person = patient_identity(patient_id)
@@ -205,7 +284,8 @@ def _assemble(session: Session, events: list[Event], expected: set[int],
                                                       p.person))
     return SessionAttendance(session=session, window=window, sign_off=sign_off,
                              people=tuple(PersonRecord(p, overrides.get(p.person))
-                                          for p in people))
+                                          for p in people),
+                             ended_at=_ended_at(events), presence=presence_now(events))
 
 
 async def session_attendance(db: AsyncSession, sessions: Sequence[Session],
@@ -215,8 +295,9 @@ async def session_attendance(db: AsyncSession, sessions: Sequence[Session],
     events = await load_events(db, ids)
     expected = await expected_patients(db, sessions)
     reviews = await load_reviews(db, ids)
+    holds = await load_holds(db, sessions)
     return [_assemble(s, events.get(s.id, []), expected[s.id], reviews.get(s.id, []),
-                      present_threshold_percent) for s in sessions]
+                      present_threshold_percent, holds.get(s.id, [])) for s in sessions]
 
 
 async def session_record(db: AsyncSession, session: Session,
@@ -299,7 +380,7 @@ async def sign_off(db: AsyncSession, record: SessionAttendance, staff: StaffUser
     """Lock the session's attendance as reviewed; audited."""
     if record.locked or await _signed_off(db, record.session.id):
         raise ReviewRefused("signed-off", "This attendance is already signed off.")
-    if now < record.window.ends_at:
+    if not record.is_over(now):
         raise ReviewRefused("not-over", "Sign off once the session has ended.")
     review = AttendanceReview(session_id=record.session.id, by_staff_id=staff.id, at=now,
                               signed_off_at=now, signed_off_by=staff.id)
@@ -323,11 +404,17 @@ async def scheduled_attendance(db: AsyncSession, program: Program, start: dateti
     held = [s for s in sessions if s.status is not SessionStatus.CANCELLED]
     wanted = set(patient_ids)
     result: dict[int, list[ScheduledAttendance]] = {pid: [] for pid in wanted}
+    # A session ended early was scheduled only for what was held: it is over at its end.
+    ended = await clinic.room_end_moments(
+        db, (s.id for s in held if s.status is SessionStatus.ENDED))
     for record in await session_attendance(db, held, program.present_threshold_percent):
+        ends_at = record.window.ends_at
+        if record.session.id in ended:
+            ends_at = max(record.window.starts_at, min(ends_at, ended[record.session.id]))
         for person in record.patients:
             if person.patient_id in wanted:
                 result[person.patient_id].append(ScheduledAttendance(
-                    record.session.id, record.window.starts_at, record.window.ends_at,
+                    record.session.id, record.window.starts_at, ends_at,
                     person.status, person.attendance.intervals))
     return result
 
