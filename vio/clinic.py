@@ -14,16 +14,18 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from vio.models import (
     DEFAULT_BILLING_CODE,
+    AttendanceEvent,
+    AttendanceKind,
     AuditChain,
     AuditEvent,
     FamilyInvite,
@@ -357,3 +359,18 @@ async def sessions_for_patient(db: AsyncSession, patient: Patient, start: dateti
                 for m in memberships)):
             mine.append(session)
     return mine
+
+
+async def room_end_moments(db: AsyncSession, session_ids: Iterable[int]) -> dict[int, datetime]:
+    """When each of these sessions' rooms ended (its first ``session-ended`` event), for the
+    sessions whose room has ended. A session ended early is over at that moment: what was
+    held is all that was scheduled."""
+    ids = sorted(set(session_ids))
+    if not ids:
+        return {}
+    rows = await db.execute(
+        select(AttendanceEvent.session_id, func.min(AttendanceEvent.at))
+        .where(AttendanceEvent.session_id.in_(ids),
+               AttendanceEvent.kind == AttendanceKind.SESSION_ENDED)
+        .group_by(AttendanceEvent.session_id))
+    return {int(session_id): ended for session_id, ended in rows}

@@ -10,8 +10,9 @@ own consents, the patient's place in the rooms that need them).
 
 from __future__ import annotations
 
+import math
 import secrets
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,13 +78,18 @@ async def invite_link(request: Request) -> Response:
                       message=TOO_MANY_TRIES, code="too-many-attempts")
     async with app.db() as db:
         await current_viewer(request, db)
-        checked = await family.check_invite(db, request.path_params["token"], app.clock.now(),
+        token = request.path_params["token"]
+        checked = await family.check_invite(db, token, app.clock.now(),
                                             app.settings.join_early_minutes)
+        if checked is family.InviteProblem.TOO_EARLY:
+            # The link itself is good (its secret matched): say when it opens, not a failure.
+            early = await _invited(db, token)
+            if early is not None:
+                return _too_early(request, *early, app.clock.now(),
+                                  app.settings.join_early_minutes)
         if isinstance(checked, family.InviteProblem):
             await throttle.failed(key)
-            return render(request, "message.html", status_code=PROBLEM_STATUS.get(checked, 410),
-                          title="This invitation can't be used",
-                          message=family.INVITE_PROBLEM_TEXT[checked], code=checked.value)
+            return invite_problem(request, checked)
         error = None
         name = checked.member.name
         if request.method == "POST":
@@ -113,7 +119,69 @@ async def invite_link(request: Request) -> Response:
                 return RedirectResponse(f"/sessions/{checked.session.id}/room", status_code=303)
     return render(request, "family/join.html", status_code=400 if error else 200, error=error,
                   name=name, starts_at=checked.session.starts_at,
-                  timezone=checked.session.timezone)
+                  timezone=checked.session.timezone, minutes=_minutes(checked.session))
+
+
+# How each unusable invite is headed, and what the family member can do next.
+INVITE_PROBLEM_TITLE = {
+    family.InviteProblem.MALFORMED: "This link is not complete",
+    family.InviteProblem.UNKNOWN: "We don't recognise this invitation",
+    family.InviteProblem.EXPIRED: "This invitation has expired",
+    family.InviteProblem.REVOKED: "This invitation was withdrawn",
+    family.InviteProblem.CONSENT_REVOKED: "This invitation is no longer valid",
+    family.InviteProblem.WRONG_SESSION: "This invitation is for a different session",
+    family.InviteProblem.TOO_EARLY: "This session has not opened yet",
+    family.InviteProblem.SESSION_ENDED: "This session is over",
+}
+INVITE_NEXT_STEP = {
+    family.InviteProblem.MALFORMED: "Copy the whole link from the message you received and "
+                                    "open it again. If it still doesn't work, contact the care "
+                                    "team that invited you.",
+    family.InviteProblem.TOO_EARLY: "Open your invitation link again closer to the time of "
+                                    "the session.",
+}
+CONTACT_THE_PROGRAM = ("Please contact the care team that invited you: they can tell you what "
+                       "comes next and send you a new invitation if you need one.")
+
+
+def invite_problem(request: Request, problem: family.InviteProblem) -> Response:
+    """An invite that can't be used: a clear headline, what it means, and what to do next."""
+    return render(request, "family/invite_problem.html",
+                  status_code=PROBLEM_STATUS.get(problem, 410),
+                  title=INVITE_PROBLEM_TITLE[problem],
+                  message=family.INVITE_PROBLEM_TEXT[problem],
+                  next_step=INVITE_NEXT_STEP.get(problem, CONTACT_THE_PROGRAM),
+                  code=problem.value)
+
+
+async def _invited(db: AsyncSession, token: str) -> tuple[Session, FamilyMember] | None:
+    """The session and person of an invite ``family.check_invite`` found too early (so its id
+    and secret were checked already)."""
+    raw_id = token.partition(".")[0]
+    invite = await db.get(FamilyInvite, int(raw_id)) if raw_id.isdigit() else None
+    if invite is None:
+        return None
+    session = await db.get(Session, invite.session_id)
+    member = await db.get(FamilyMember, invite.family_member_id)
+    return None if session is None or member is None else (session, member)
+
+
+def _minutes(session: Session) -> int:
+    return session.duration_minutes + session.extended_minutes
+
+
+def _too_early(request: Request, session: Session, member: FamilyMember, now: datetime,
+               join_early_minutes: int) -> Response:
+    """The invite before its session opens: when it opens, in the family member's terms (the
+    session's zone, named), a camera and microphone check meanwhile, and a countdown after
+    which the page asks the server again (``web/static/js/countdown.js``)."""
+    opens_at = session.starts_at - timedelta(minutes=join_early_minutes)
+    wait = max(1, math.ceil((opens_at - now).total_seconds()))
+    return render(request, "family/join.html", status_code=PROBLEM_STATUS[
+        family.InviteProblem.TOO_EARLY], early=True, code=family.InviteProblem.TOO_EARLY.value,
+                  starts_at=session.starts_at, opens_at=opens_at, timezone=session.timezone,
+                  minutes=_minutes(session), opens_in_seconds=wait, name=member.name,
+                  join_early_minutes=join_early_minutes)
 
 
 # --- staff: family members and consents --------------------------------------------------

@@ -8,7 +8,6 @@ but ``ok``.
 from __future__ import annotations
 
 from datetime import timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from starlette.requests import Request
@@ -19,6 +18,7 @@ from vio import clinic, demo
 from vio.models import Program
 from vio.pages.attendance import patient_week_summary
 from vio.pages.common import ViewerRole, current_viewer, render, state
+from vio.pages.patient import home_lines, main_action
 
 
 async def home(request: Request) -> Response:
@@ -36,7 +36,8 @@ async def home(request: Request) -> Response:
 
 
 async def patient_home(request: Request) -> Response:
-    """The patient's own page: upcoming sessions, with a way into today's."""
+    """The patient's own page: today's session to join first, then hours this week and the
+    sessions ahead, each saying when in the program's zone (``vio.pages.patient``)."""
     app = state(request)
     async with app.db() as db:
         viewer = await current_viewer(request, db)
@@ -48,12 +49,12 @@ async def patient_home(request: Request) -> Response:
         now = app.clock.now()
         upcoming = await clinic.sessions_for_patient(
             db, patient, now - timedelta(hours=12), now + timedelta(days=14))
-        upcoming = [s for s in upcoming if s.ends_at > now]
+        ended = await clinic.room_end_moments(db, (s.id for s in upcoming))
         week = await patient_week_summary(db, patient, program, now)
-    zone = ZoneInfo(program.timezone)
-    return render(request, "patient/home.html", patient=patient, sessions=upcoming, zone=zone,
-                  now=now, join_early=timedelta(minutes=app.settings.join_early_minutes),
-                  week=week)
+    lines = home_lines(upcoming, now, timedelta(minutes=app.settings.join_early_minutes),
+                       program.timezone, ended)
+    return render(request, "patient/home.html", patient=patient, lines=lines,
+                  next_line=main_action(lines), week=week, timezone=program.timezone)
 
 
 async def healthz(request: Request) -> Response:

@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from vio import clinic, family
 from vio.identity import patient_identity, session_identity
-from vio.models import AttendanceKind, FamilyInvite, Session
+from vio.models import AttendanceKind, FamilyInvite, Patient, Session, SessionStatus
 from vio.pages import forms
 from vio.pages.common import (
     ViewerRole,
@@ -115,6 +115,8 @@ async def check_in(request: Request) -> Response:
         facts = await records.load_facts(db, session_id, app.clock.now())
         if facts is None or patient.id not in facts.patient_ids:
             return not_on_schedule(request)
+        if facts.status is SessionStatus.ENDED or facts.status is SessionStatus.CANCELLED:
+            return session_over(request, facts.status)
         error = None
         form_values: dict[str, str] = {}
         if request.method == "POST":
@@ -130,7 +132,7 @@ async def check_in(request: Request) -> Response:
             location = form_values.get("location")
             detail: dict[str, str] = {}
             if error is None and location == "home":
-                detail = {"location": "home", "address": patient.usual_location}
+                detail = {"location": "home", "address": home_address(patient)}
             elif error is None and location == "other":
                 if not (form_values["address"] and form_values["city"]
                         and US_STATE.match(form_values["state"])):
@@ -148,7 +150,27 @@ async def check_in(request: Request) -> Response:
                     patient_id=patient.id, detail=detail))
                 return RedirectResponse(f"/sessions/{session_id}/room", status_code=303)
     return render(request, "check_in.html", status_code=400 if error else 200, error=error,
-                  patient=patient, session_title=facts.title, values=form_values)
+                  patient=patient, home=home_address(patient), session_title=facts.title,
+                  starts_at=facts.starts_at, timezone=facts.timezone, values=form_values)
+
+
+def home_address(patient: Patient) -> str:
+    """The home a patient checks in from when they say "at home": the address on their record
+    (``patients.home_address``), else the usual location staff noted."""
+    return patient.home_address.strip() or patient.usual_location.strip()
+
+
+def session_over(request: Request, status: SessionStatus) -> Response:
+    """A session ended (or called off) before its time: say so, and the way back home."""
+    if status is SessionStatus.CANCELLED:
+        title, message = "This session was cancelled", "This session was cancelled."
+    else:
+        title, message = "This session has ended", "The therapist has ended this session."
+    return render(request, "message.html", status_code=410, title=title,
+                  message=f"{message} Your other sessions are on your page.",
+                  code="session-cancelled" if status is SessionStatus.CANCELLED
+                  else "session-ended", back_href="/me", back_label="Back to your sessions")
+
 
 
 async def joinable(request: Request) -> Response:
