@@ -24,7 +24,14 @@ unretrieved task exceptions.
 A forwarded leg is paused, i.e. carries none of its publisher's packets, while any reason
 says so: video not selected for its receiver, publisher and receiver in different spaces, or
 forwarding of that kind switched off for the publisher (:meth:`MediaRouter.set_forwarding`,
-the server-side mute).
+the server-side mute), or, for video, the receiver's link unable to carry it.
+
+Receiver-aware video: the RTCP each receiver sends to the server's senders on its connection
+(REMB and the loss in its receiver reports) feeds a :class:`vio.media.bandwidth.ReceiverLink`
+per receiver, which decides, from what each selected video needs (the bitrate arriving from
+its publisher), which of them the link cannot carry; the least important are paused first
+(the therapists' last) and resumed when the link recovers. Changes are reported through
+``on_video_paused``.
 
 Speaking and media presence come from packets, never from decoding: the RTP
 ``ssrc-audio-level`` header extension (RFC 6464) when the client sends it, else the Opus
@@ -39,6 +46,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,9 +54,17 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
 
 from . import seams
+from .bandwidth import BandwidthRules, ReceiverLink, VideoNeed
 from .errors import MediaError
 from .ice import offer_with_public_address, rtc_configuration
 from .passthrough import ForwardedTrack, PacketSource, attach_source, install_passthrough_hooks
@@ -87,7 +103,11 @@ class MediaConfig:
     media_timeout_s: float = 2.0
     """Audio/video counts as arriving while its last frame is at most this old."""
     monitor_interval_s: float = 0.25
-    """How often speaking and media presence are re-evaluated."""
+    """How often speaking, media presence and each receiver's videos are re-evaluated."""
+    bandwidth: BandwidthRules = field(default_factory=BandwidthRules)
+    """When a receiver's REMB and receiver reports pause and resume its videos."""
+    video_rate_window_s: float = 2.0
+    """A publisher's video bitrate (what forwarding it needs) is measured over this long."""
 
     def __post_init__(self) -> None:
         for name in ("queue_size", "max_video_forwarded"):
@@ -96,8 +116,9 @@ class MediaConfig:
         for name in ("keyframe_throttle_s", "speaker_hold_s", "media_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MediaConfig.{name} must not be negative")
-        if self.monitor_interval_s <= 0:
-            raise ValueError("MediaConfig.monitor_interval_s must be positive")
+        for name in ("monitor_interval_s", "video_rate_window_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"MediaConfig.{name} must be positive")
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,8 @@ class MediaState:
 OfferCallback = Callable[[str, list[TrackInfo]], Awaitable[None]]
 SpeakingCallback = Callable[[list[str]], None]
 MediaStateCallback = Callable[[str, MediaState], None]
+VideoPausedCallback = Callable[[str, list[str]], None]
+"""``(receiver, publishers)``: the videos paused now for the receiver's link, in order."""
 
 
 @dataclass(eq=False)
@@ -155,6 +178,13 @@ class _Participant:
     applying_answer: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     negotiator: asyncio.Task[None] | None = None
+    link: ReceiverLink = field(default_factory=ReceiverLink)
+    """What this participant's RTCP says about its downlink."""
+    paused_for_bandwidth: tuple[str, ...] = ()
+    video_bytes: int = 0
+    """Video payload bytes received from this participant so far."""
+    video_samples: deque[tuple[float, int]] = field(default_factory=deque)
+    video_bps: float = 0.0
 
 
 def _pinned_codecs(kind: str) -> list[RTCRtpCodecCapability]:
@@ -171,11 +201,13 @@ class MediaRouter:
         *,
         on_speaking_changed: SpeakingCallback | None = None,
         on_media_state_changed: MediaStateCallback | None = None,
+        on_video_paused: VideoPausedCallback | None = None,
     ) -> None:
         install_passthrough_hooks()
         self.config = config or MediaConfig()
         self.on_speaking_changed = on_speaking_changed
         self.on_media_state_changed = on_media_state_changed
+        self.on_video_paused = on_video_paused
         self._participants: dict[str, _Participant] = {}
         self._speaker_order: list[str] = []
         self._speaking: list[str] = []
@@ -200,7 +232,8 @@ class MediaRouter:
         self._check_new(pid)
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
         seams.guard_connect(pc, functools.partial(self._connection_failed, pid))
-        p = _Participant(pid=pid, is_therapist=is_therapist, pc=pc, on_offer=on_offer)
+        p = _Participant(pid=pid, is_therapist=is_therapist, pc=pc, on_offer=on_offer,
+                         link=ReceiverLink(self.config.bandwidth))
         for kind in KINDS:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
             transceiver.setCodecPreferences(self._codecs[kind])
@@ -227,6 +260,7 @@ class MediaRouter:
             await pc.close()
             raise
         self._watch_audio(p)
+        self._watch_video(p)
         self._participants[pid] = p
         self._speaker_order.append(pid)
         if self._monitor is None:
@@ -345,7 +379,14 @@ class MediaRouter:
     def forwarded_video(self, pid: str) -> frozenset[str]:
         """The publishers whose video is currently forwarded to ``pid``."""
         p = self._participants.get(pid)
-        return frozenset() if p is None else self._allowed_video(p)
+        if p is None:
+            return frozenset()
+        return self._allowed_video(p) - set(p.paused_for_bandwidth)
+
+    def paused_for_bandwidth(self, pid: str) -> list[str]:
+        """The publishers whose video ``pid``'s link cannot carry now, most important first."""
+        p = self._participants.get(pid)
+        return [] if p is None else list(p.paused_for_bandwidth)
 
     def set_space(self, pid: str, space: str | None) -> None:
         """Put ``pid`` in a private side room (``None``: the main room).
@@ -447,6 +488,8 @@ class MediaRouter:
                 transceiver.setCodecPreferences(self._codecs[kind])
                 # One MediaStream (msid) per publisher, so a browser can lip-sync its tracks.
                 seams.set_sender_stream_id(transceiver.sender, publisher.stream_id)
+                seams.observe_sender_rtcp(transceiver.sender,
+                                          functools.partial(self._on_receiver_rtcp, p))
                 seams.on_keyframe_request(transceiver.sender, track.request_keyframe)
                 p.outgoing[(publisher.pid, kind)] = _Leg(publisher.pid, kind, transceiver, track)
 
@@ -503,6 +546,31 @@ class MediaRouter:
 
         seams.wrap_rtp_handler(p.inbound["audio"].receiver, wrap)
 
+    def _watch_video(self, p: _Participant) -> None:
+        """Count the video payload bytes ``p`` sends, to know what forwarding them needs."""
+
+        def wrap(handle: seams.RtpHandler) -> seams.RtpHandler:
+            def on_packet(packet: RtpPacket, arrival_time_ms: int) -> Coroutine[Any, Any, None]:
+                p.video_bytes += len(packet.payload)
+                return handle(packet, arrival_time_ms)
+
+            return on_packet
+
+        seams.wrap_rtp_handler(p.inbound["video"].receiver, wrap)
+
+    def _on_receiver_rtcp(self, p: _Participant, packet: Any) -> None:
+        """Note what ``p``'s RTCP says about its downlink: REMB, and loss in its reports."""
+        now = time.monotonic()
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                p.link.note_loss(now, report.ssrc, report.fraction_lost / 256)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            p.link.note_remb(now, bitrate, ssrcs)
+
     def _measure(self, p: _Participant, now: float) -> MediaState:
         cutoff = now - self.config.media_timeout_s
         return MediaState(
@@ -532,11 +600,14 @@ class MediaRouter:
             self._speaker_order.remove(pid)
             self._speaker_order.insert(0, pid)
         speaking = [pid for pid in self._speaker_order if pid in loud]
-        if onsets:
+        changed = self._fit_video_to_links(now)
+        if onsets or changed:
             self._replan()
         if speaking != self._speaking:
             self._speaking = speaking
             self._notify_speaking()
+        for p in changed:
+            self._notify_video_paused(p)
 
     def _set_state(self, p: _Participant, state: MediaState) -> None:
         if state == p.state:
@@ -548,6 +619,13 @@ class MediaRouter:
             except Exception:
                 logger.exception("on_media_state_changed failed")
 
+    def _notify_video_paused(self, p: _Participant) -> None:
+        if self.on_video_paused is not None:
+            try:
+                self.on_video_paused(p.pid, list(p.paused_for_bandwidth))
+            except Exception:
+                logger.exception("on_video_paused failed")
+
     def _notify_speaking(self) -> None:
         if self.on_speaking_changed is not None:
             try:
@@ -557,8 +635,36 @@ class MediaRouter:
 
     # --- selective video ----------------------------------------------------------------------
 
+    def _fit_video_to_links(self, now: float) -> list[_Participant]:
+        """Let each receiver's link decide which of its videos to pause; those it changed."""
+        window = self.config.video_rate_window_s
+        for p in self._participants.values():
+            samples = p.video_samples
+            samples.append((now, p.video_bytes))
+            while len(samples) > 2 and now - samples[1][0] >= window:
+                samples.popleft()
+            start, sent = samples[0]
+            p.video_bps = 8 * (p.video_bytes - sent) / (now - start) if now > start else 0.0
+        changed = []
+        for p in self._participants.values():
+            videos = [
+                VideoNeed(pid, self._participants[pid].video_bps)
+                for pid in self._video_order(p)
+                if "video" not in self._forwarding_off.get(pid, ())
+            ]
+            paused = p.link.decide(now, videos)
+            ordered = tuple(v.publisher for v in videos if v.publisher in paused)
+            if ordered != p.paused_for_bandwidth:
+                p.paused_for_bandwidth = ordered
+                changed.append(p)
+        return changed
+
     def _allowed_video(self, receiver: _Participant) -> frozenset[str]:
         """Therapists plus the ``max_video_forwarded`` most recent speakers, never oneself."""
+        return frozenset(self._video_order(receiver))
+
+    def _video_order(self, receiver: _Participant) -> list[str]:
+        """:meth:`_allowed_video` by importance: therapists, then speakers by recency."""
         space = self._spaces.get(receiver.pid)
         others = [
             pid
@@ -570,7 +676,7 @@ class MediaRouter:
             pid for pid, p in self._participants.items()
             if p.is_therapist and pid != receiver.pid and self._spaces.get(pid) == space
         ]
-        return frozenset(therapists + others[: self.config.max_video_forwarded])
+        return therapists + others[: self.config.max_video_forwarded]
 
     def _leg_paused(
         self, receiver: _Participant, publisher: str, kind: str, allowed_video: frozenset[str]
@@ -583,7 +689,7 @@ class MediaRouter:
         if kind in self._forwarding_off.get(publisher, ()):
             return True
         if kind == "video":
-            return publisher not in allowed_video
+            return publisher not in allowed_video or publisher in receiver.paused_for_bandwidth
         return self._spaces.get(publisher) != self._spaces.get(receiver.pid)
 
     def _replan(self) -> None:

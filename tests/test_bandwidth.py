@@ -1,0 +1,175 @@
+"""The receiver-aware video policy (vio.media.bandwidth): pure, driven by a table of cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from vio.media.bandwidth import BandwidthRules, ReceiverLink, VideoNeed
+
+RULES = BandwidthRules()
+
+# The therapist first, then two patients by how recently they spoke; 300 kbit/s each.
+GROUP = (VideoNeed("therapist", 300_000), VideoNeed("ana", 300_000), VideoNeed("ben", 300_000))
+SSRCS = (11, 12, 13)
+AUDIO_SSRC = 21
+
+
+@dataclass(frozen=True)
+class Remb:
+    at: float
+    bps: float
+    ssrcs: tuple[int, ...] = SSRCS
+
+
+@dataclass(frozen=True)
+class Loss:
+    at: float
+    fraction: float
+    ssrc: int = AUDIO_SSRC
+
+
+@dataclass(frozen=True)
+class Decide:
+    at: float
+    paused: frozenset[str]
+    videos: tuple[VideoNeed, ...] = GROUP
+
+
+def paused(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+NONE = paused()
+LAST = paused("ben")
+PATIENTS = paused("ana", "ben")
+ALL = paused("therapist", "ana", "ben")
+
+# Each case: what reaches the server, in order, and what the policy pauses at each decision.
+CASES: dict[str, list[Remb | Loss | Decide]] = {
+    "an estimate that covers every video pauses none": [
+        Remb(0, 2_000_000), Loss(0, 0.0), Decide(0.5, NONE)],
+    "no feedback at all pauses none": [Decide(0, NONE), Decide(10, NONE)],
+    "an estimate below what three need pauses the least important": [
+        Remb(0, 500_000), Decide(0.1, LAST)],
+    "a low estimate keeps only the therapist": [Remb(0, 250_000), Decide(0.1, PATIENTS)],
+    "an estimate below one video pauses the therapist's too, last": [
+        Remb(0, 100_000), Decide(0.1, ALL)],
+    "an estimate within the pause ratio of the need pauses none": [
+        Remb(0, 800_000), Decide(0.1, NONE)],
+    "aiortc's one REMB per stream adds up": [
+        Remb(0, 200_000, (11,)), Remb(0, 200_000, (12,)), Remb(0, 200_000, (13,)),
+        Decide(0.1, LAST)],
+    "Chromium's one REMB for all streams is shared, not counted thrice": [
+        Remb(0, 900_000), Decide(0.1, NONE), Remb(1, 600_000), Decide(1.1, LAST)],
+    "an old estimate is forgotten": [Remb(0, 100_000), Decide(RULES.report_max_age_s + 1, NONE)],
+    "loss pauses one video at a time, each judged after it settles": [
+        Loss(0, 0.2), Decide(0.1, LAST),
+        Loss(0.5, 0.2), Decide(0.6, LAST),
+        Loss(0.1 + RULES.settle_s, 0.2), Decide(0.2 + RULES.settle_s, PATIENTS),
+        Loss(0.3 + 2 * RULES.settle_s, 0.2), Decide(0.4 + 2 * RULES.settle_s, ALL),
+        Loss(0.5 + 3 * RULES.settle_s, 0.2), Decide(0.6 + 3 * RULES.settle_s, ALL)],
+    "loss on a video stream counts like loss on audio": [Loss(0, 0.5, ssrc=12), Decide(0, LAST)],
+    "loss below the pause threshold pauses none": [Loss(0, 0.05), Decide(0.1, NONE)],
+    "loss skips a camera that sends nothing": [
+        Loss(0, 0.3),
+        Decide(0.1, paused("ana", "ben"),
+               (VideoNeed("therapist", 300_000), VideoNeed("ana", 300_000),
+                VideoNeed("ben", 0)))],
+    "a healthy link resumes one video after the hold": [
+        Loss(0, 0.3), Decide(0, LAST),
+        Loss(2, 0.0), Decide(2, LAST),
+        Loss(3, 0.0), Decide(2 + RULES.resume_hold_s - 0.1, LAST),
+        Loss(5, 0.0), Decide(2 + RULES.resume_hold_s, NONE)],
+    "loss between the two thresholds neither pauses nor resumes": [
+        Loss(0, 0.3), Decide(0, LAST),
+        *[step for t in range(2, 30, 1) for step in (Loss(t, 0.05), Decide(t + 0.1, LAST))]],
+    "resumes happen one at a time, from the most important": [
+        Remb(0, 100_000), Decide(0, ALL),
+        Decide(RULES.report_max_age_s + 0.5, ALL),
+        Decide(RULES.report_max_age_s + 0.5 + RULES.resume_hold_s, PATIENTS),
+        Decide(RULES.report_max_age_s + 0.5 + 2 * RULES.resume_hold_s + 0.1, LAST),
+        Decide(RULES.report_max_age_s + 0.5 + 3 * RULES.resume_hold_s + 0.2, NONE)],
+    "a fresh estimate that cannot carry one more keeps it paused": [
+        Remb(0, 400_000, (11, 12)), Decide(0, PATIENTS),
+        *[step for t in range(1, 40) for step in (
+            Remb(t, 400_000, (11,)), Loss(t, 0.0), Decide(t + 0.1, PATIENTS))]],
+    "a fresh estimate that can carry one more resumes it": [
+        Remb(0, 400_000, (11, 12)), Decide(0, PATIENTS),
+        *[step for t in range(1, 5) for step in (Remb(t, 700_000, (11,)), Decide(t, PATIENTS))],
+        Remb(5, 700_000, (11,)), Decide(5, LAST)],
+    "a failed resume doubles the hold": [
+        Loss(0, 0.3), Decide(0, LAST),
+        Decide(1, LAST), Decide(1 + RULES.resume_hold_s, NONE),
+        Loss(2 + RULES.resume_hold_s + RULES.settle_s, 0.3),
+        Decide(2 + RULES.resume_hold_s + RULES.settle_s, LAST),
+        Decide(3 + RULES.resume_hold_s + RULES.settle_s, LAST),
+        Decide(3 + 3 * RULES.resume_hold_s + RULES.settle_s - 0.1, LAST),
+        Decide(3 + 3 * RULES.resume_hold_s + RULES.settle_s, NONE)],
+}
+
+
+@pytest.mark.parametrize("steps", CASES.values(), ids=list(CASES))
+def test_policy(steps: list[Remb | Loss | Decide]) -> None:
+    link = ReceiverLink(RULES)
+    for number, step in enumerate(steps):
+        if isinstance(step, Remb):
+            link.note_remb(step.at, step.bps, step.ssrcs)
+        elif isinstance(step, Loss):
+            link.note_loss(step.at, step.ssrc, step.fraction)
+        else:
+            got = link.decide(step.at, step.videos)
+            assert got == step.paused, f"step {number} at {step.at} s"
+
+
+def test_hold_doubles_up_to_its_cap_and_resets_after_a_resume_that_lasts() -> None:
+    rules = BandwidthRules(resume_hold_s=2, resume_hold_max_s=5, probe_s=3, settle_s=0.05)
+    link = ReceiverLink(rules)
+    now = 0.0
+    holds = []
+    for _ in range(4):
+        link.note_loss(now, AUDIO_SSRC, 0.5)
+        assert link.decide(now, GROUP) == LAST
+        holds.append(link.hold_s)
+        now += 0.1
+        link.decide(now, GROUP)  # healthy from here (the loss report is consumed)
+        now += link.hold_s
+        link.note_loss(now, AUDIO_SSRC, 0.0)
+        assert link.decide(now, GROUP) == NONE
+        now += 1  # fails within the probe window
+    assert holds == [2, 4, 5, 5]
+    link.note_loss(now, AUDIO_SSRC, 0.0)
+    now += rules.probe_s
+    assert link.decide(now, GROUP) == NONE
+    assert link.hold_s == rules.resume_hold_s
+
+
+def test_a_newcomer_beyond_the_limit_stays_paused_and_a_new_speaker_displaces_the_last() -> None:
+    link = ReceiverLink(RULES)
+    link.note_remb(0, 500_000, SSRCS)
+    assert link.decide(0, GROUP) == LAST
+    dan = VideoNeed("dan", 300_000)
+    assert link.decide(0.2, (*GROUP, dan)) == paused("ben", "dan")
+    assert link.decide(0.4, (GROUP[0], dan, GROUP[1], GROUP[2])) == paused("ana", "ben")
+
+
+def test_feedback_out_of_range_is_ignored() -> None:
+    link = ReceiverLink(RULES)
+    link.note_loss(0, AUDIO_SSRC, 1.5)
+    link.note_loss(0, AUDIO_SSRC, -0.1)
+    link.note_remb(0, -5, SSRCS)
+    link.note_remb(0, 1000, ())
+    assert link.loss(0) is None
+    assert link.estimate(0) is None
+    assert link.decide(0, GROUP) == NONE
+
+
+@pytest.mark.parametrize("bad", [
+    {"pause_ratio": 0}, {"resume_ratio": -1}, {"loss_pause": 0.01, "loss_resume": 0.02},
+    {"loss_pause": 1.5}, {"settle_s": -1}, {"resume_hold_s": 0},
+    {"resume_hold_s": 10, "resume_hold_max_s": 5}, {"report_max_age_s": 0},
+])
+def test_bad_rules_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="BandwidthRules"):
+        BandwidthRules(**bad)
