@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from vio import clinic, family
 from vio.identity import patient_identity, session_identity
-from vio.models import AttendanceKind, FamilyInvite, Patient, Session, SessionStatus
+from vio.models import AttendanceKind, FamilyInvite, Patient, Program, Session, SessionStatus
 from vio.pages import forms
 from vio.pages.common import (
     ViewerRole,
@@ -67,6 +67,7 @@ async def room_page(request: Request) -> Response:
                 return not_on_schedule(request)
             if await records.latest_check_in(db, session.id, viewer.patient.id) is None:
                 return RedirectResponse(f"/sessions/{session.id}/check-in", status_code=303)
+        program = await db.get(Program, session.program_id)
     role = "therapist" if viewer.is_staff else viewer.role.value
     display = (viewer.staff.name if viewer.staff else
                viewer.patient.display_name if viewer.patient else viewer.family_name or "")
@@ -80,6 +81,10 @@ async def room_page(request: Request) -> Response:
         "iceServers": room_ice_servers(app.settings, session_end=session.ends_at,
                                        user=turn_user(ticket)),
         "endedUrl": "/staff" if viewer.is_staff else "/me" if viewer.patient else "/",
+        # Staff: the session's attendance record, linked from the closing screen.
+        "attendanceUrl": f"/staff/sessions/{session.id}/attendance" if viewer.is_staff else "",
+        # Shown with every refusal: whom to call when someone is in danger right now.
+        "emergencyNumber": program.emergency_number if program is not None else "",
     }
     # No idle warning here: a live room connection keeps the sign-in alive.
     return render(request, "room.html", room_config=config, session_title=session.title,
@@ -170,7 +175,6 @@ def session_over(request: Request, status: SessionStatus) -> Response:
                   message=f"{message} Your other sessions are on your page.",
                   code="session-cancelled" if status is SessionStatus.CANCELLED
                   else "session-ended", back_href="/me", back_label="Back to your sessions")
-
 
 
 async def joinable(request: Request) -> Response:

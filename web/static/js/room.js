@@ -23,6 +23,13 @@ const state = {
   removeTarget: null,
   mediaErrors: {}, // kind → the last getUserMedia error for that kind
   mediaCheck: Promise.resolve(), // the camera/microphone request in progress
+  session: null, // the session summary from welcome or waiting
+  locked: false,
+  sideRooms: new Map(), // therapist id → ids of the participants in that side room
+  mySideRoom: null, // {withIds} while we are in a side room
+  expected: [], // therapists: the roster, {name, role, status}
+  keptOut: [], // therapists: refused attempts to join, newest first
+  quality: { timer: null, lost: 0, received: 0 },
 };
 
 function readConfig() {
@@ -40,6 +47,8 @@ function readConfig() {
     displayName: cfg.displayName || '',
     iceServers: Array.isArray(cfg.iceServers) ? cfg.iceServers : [],
     endedUrl: cfg.endedUrl || '',
+    attendanceUrl: cfg.attendanceUrl || '',
+    emergencyNumber: cfg.emergencyNumber || '',
   };
 }
 
@@ -421,6 +430,9 @@ function wireConnection(conn) {
     'room-state': onRoomState,
     'safety-card': onSafetyCard,
     'side-room': onSideRoom,
+    'side-room-state': onSideRoomState,
+    'join-refused': onJoinRefused,
+    roster: onRoster,
     'media-connection': onMediaConnection,
     error: onError,
   };
@@ -430,30 +442,148 @@ function wireConnection(conn) {
 }
 
 function onRoomState({ locked }) {
+  state.locked = !!locked;
+  $('lock-badge').hidden = !state.locked;
   const button = $('lock-button');
   if (!button) return;
   button.setAttribute('aria-pressed', locked ? 'true' : 'false');
   button.textContent = locked ? 'Unlock room' : 'Lock room';
 }
 
+/** Where to send help: at home, the street address on the patient's record; elsewhere, the check-in's. */
+function safetyPlace(card) {
+  const where = card.location;
+  if (!where) return 'Not checked in for this session';
+  if (where.location === 'home') {
+    const address = (card.home_address || '').trim() || (where.address || '').trim();
+    return address ? `At home: ${address}` : 'At home (no street address on file)';
+  }
+  return [where.address, where.city, where.state].filter(Boolean).join(', ') || 'Not given';
+}
+
 function onSafetyCard(card) {
-  const where = card.location || {};
-  const place = where.location === 'home'
-    ? `Home${where.address ? ` (${where.address})` : ''}`
-    : [where.address, where.city, where.state].filter(Boolean).join(', ') || 'Not given';
   const contact = card.emergency_contact || {};
   $('safety-name').textContent = card.name || '';
-  $('safety-location').textContent = place;
+  $('safety-location').textContent = safetyPlace(card);
+  $('safety-phone').textContent = card.phone || 'None on file';
   $('safety-contact').textContent = [contact.name, contact.phone].filter(Boolean).join(' · ') || 'None on file';
-  $('safety-emergency').textContent = card.emergency_number || '';
+  $('safety-emergency').textContent = card.emergency_number || 'Not set for this program';
   const dialog = $('safety-dialog');
   if (typeof dialog.showModal === 'function') dialog.showModal();
   else dialog.setAttribute('open', '');
 }
 
-function onSideRoom({ space }) {
-  announce(space ? 'You are now in a private side room.' : 'You are back with the group.');
+function nameOf(id, fallback = 'someone') {
+  return state.participants.get(id)?.name || fallback;
+}
+
+function listNames(names) {
+  if (names.length <= 1) return names[0] || '';
+  return `${names.slice(0, -1).join(', ')} and ${names[names.length - 1]}`;
+}
+
+/** "with Dana R." ends a sentence without a second full stop. */
+function endSentence(text) {
+  return /[.!?]$/.test(text) ? text : `${text}.`;
+}
+
+/** We were moved into a side room (or back): say with whom, and that the group can't hear. */
+function onSideRoom({ space, with_ids: withIds }) {
+  const ids = Array.isArray(withIds) ? withIds : [];
+  state.mySideRoom = space ? { withIds: ids } : null;
   document.body.classList.toggle('in-side-room', !!space);
+  const text = space
+    ? `${endSentence(`You are in a private room with ${listNames(ids.map((id) => nameOf(id))) || 'your therapist'}`)} The group can’t see or hear you.`
+    : 'You are back with the group.';
+  announce(text);
+  renderSideRoomBanner();
+  for (const id of state.participants.keys()) updateTile(id);
+}
+
+/** Everyone: these participants went into a side room with a therapist (or came back). */
+function onSideRoomState({ participant_ids: ids = [], active, therapist_id: therapistId }) {
+  const key = therapistId || ids[0];
+  if (!key) return;
+  if (active) state.sideRooms.set(key, [...ids]);
+  else state.sideRooms.delete(key);
+  for (const id of ids) {
+    const p = state.participants.get(id);
+    if (p) upsertParticipant({ ...p, side_room: !!active });
+  }
+  const mine = state.you && ids.includes(state.you.id);
+  if (!mine && !active && therapistId) announce(`${nameOf(therapistId, 'The therapist')} is back with the group.`);
+  renderSideRoomBanner();
+}
+
+function renderSideRoomBanner() {
+  const banner = $('side-room-banner');
+  const lines = [];
+  let back = null;
+  if (state.mySideRoom) {
+    const names = listNames(state.mySideRoom.withIds.map((id) => nameOf(id))) || 'your therapist';
+    lines.push(`${endSentence(`You are in a private room with ${names}`)} The group can’t see or hear you.`);
+    if (isTherapist && state.mySideRoom.withIds.length) back = state.mySideRoom.withIds[0];
+  } else {
+    for (const [therapistId, ids] of state.sideRooms) {
+      const holders = [...state.participants.values()]
+        .filter((p) => p.role === 'therapist' && !ids.includes(p.id) && !p.side_room);
+      const who = nameOf(therapistId, 'The therapist');
+      const holding = holders.some((p) => p.isLocal) ? 'You are holding the group.'
+        : holders.length ? `${listNames(holders.map((p) => p.name || 'A co-therapist'))} ${holders.length > 1 ? 'are' : 'is'} holding the group.`
+          : `${who} will be back shortly.`;
+      lines.push(`${who} has stepped out for a private talk. ${endSentence(holding)}`);
+    }
+  }
+  banner.replaceChildren(...lines.map((line) => el('p', { text: line })));
+  if (back) {
+    const button = el('button', { type: 'button', class: 'secondary', text: 'Back to the group' });
+    button.addEventListener('click', () => state.conn && state.conn.send({ type: 'main-room', participant_id: back }));
+    banner.append(button);
+  }
+  banner.hidden = lines.length === 0;
+}
+
+// ---- therapists: who was kept out, and who is expected but not here yet -------------------
+
+const KEPT_OUT_WHY = {
+  'room-locked': 'the room is locked',
+  'room-full': 'the room is full',
+  removed: 'they were removed from this session',
+  'invite-in-use': 'their invitation is open on another device',
+  'check-in-needed': 'they have not checked in yet',
+};
+
+function onJoinRefused(d) {
+  const at = Date.parse(d.at);
+  const entry = { name: d.name || 'Someone', role: d.role, code: d.code, why: KEPT_OUT_WHY[d.code] || d.message || d.code, at: Number.isFinite(at) ? new Date(at) : new Date() };
+  state.keptOut.unshift(entry);
+  const text = `${entry.name} tried to join but was kept out: ${entry.why}.`;
+  showNotice(text, 'warning');
+  announce(text);
+  renderKeptOut();
+}
+
+function renderKeptOut() {
+  const list = $('refused-list');
+  list.replaceChildren(...state.keptOut.map((e) => el('li', { class: 'refused-person' },
+    el('span', { class: 'refused-name', text: e.name }),
+    el('span', { class: 'muted', text: [roleLabel(e.role) || (e.role === 'patient' ? 'Patient' : ''), e.why, formatClock(e.at)].filter(Boolean).join(' · ') }))));
+  $('refused-empty').hidden = state.keptOut.length > 0;
+}
+
+function onRoster({ expected }) {
+  state.expected = Array.isArray(expected) ? expected : [];
+  renderRoster();
+}
+
+function renderRoster() {
+  const missing = state.expected.filter((e) => e.status === 'not-here');
+  $('roster-list').replaceChildren(...missing.map((e) => el('li', { class: 'roster-person' },
+    el('span', { class: 'roster-name', text: e.name }),
+    e.role === 'family' ? el('span', { class: 'muted', text: ' · Guest' }) : '')));
+  $('roster-empty').hidden = missing.length > 0;
+  $('roster-empty').textContent = state.expected.length ? 'Everyone expected is here.' : 'No one else is expected.';
+  $('roster-count').textContent = missing.length ? `(${missing.length})` : '';
 }
 
 function onStatus({ state: status }) {
@@ -487,7 +617,30 @@ function onMediaConnection({ state: media, turnRefused }) {
   announce(text);
 }
 
+function sessionTimes(session) {
+  const start = Date.parse(session?.starts_at);
+  const end = Date.parse(session?.ends_at);
+  if (!Number.isFinite(start) || !Number.isFinite(end)) return '';
+  const zone = session.timezone || undefined;
+  try {
+    const day = new Date(start).toLocaleDateString([], { weekday: 'long', month: 'long', day: 'numeric', timeZone: zone });
+    const from = new Date(start).toLocaleTimeString([], { hour: 'numeric', minute: '2-digit', timeZone: zone });
+    const to = new Date(end).toLocaleTimeString([], { hour: 'numeric', minute: '2-digit', timeZone: zone, timeZoneName: 'short' });
+    return `${day}, ${from} – ${to}`;
+  } catch {
+    return '';
+  }
+}
+
 function onWaiting(d) {
+  state.session = d.session || state.session;
+  const session = state.session || {};
+  if (session.title) $('waiting-session').querySelector('strong').textContent = session.title;
+  $('waiting-time').textContent = sessionTimes(session);
+  const therapist = $('waiting-therapist');
+  therapist.textContent = session.therapist_present ? 'Your therapist is here.' : 'Your therapist hasn’t joined yet.';
+  therapist.classList.toggle('present', !!session.therapist_present);
+  therapist.hidden = !('therapist_present' in session);
   showScreen('waiting');
   const extra = d.message && d.message !== $('waiting-text').textContent ? d.message : '';
   $('waiting-message').textContent = extra;
@@ -497,6 +650,10 @@ function onWaiting(d) {
 function onWelcome(d) {
   state.you = d.you;
   state.endsAt = d.endsAt;
+  state.session = d.session || state.session;
+  onRoomState({ locked: !!d.session?.locked });
+  if (Array.isArray(d.expected)) onRoster({ expected: d.expected });
+  startQuality();
   const keep = new Set([d.you.id, ...(d.participants || []).map((p) => p.id)]);
   for (const id of [...state.participants.keys()]) {
     if (!keep.has(id)) removeParticipant(id);
@@ -504,6 +661,7 @@ function onWelcome(d) {
   $('waiting-preview').srcObject = null;
   $('preview').srcObject = null;
   if (state.screen !== 'room') showScreen('room');
+  fitRoom();
   upsertParticipant({ ...d.you, ...state.conn.media }, true);
   for (const p of d.participants || []) {
     if (p.id !== d.you.id) upsertParticipant(p);
@@ -512,10 +670,46 @@ function onWelcome(d) {
   startClock();
 }
 
+// Each refusal's screen: a headline that says what happened, what comes next, and whether trying
+// again can help (codes: docs/protocol.md, sentences: vio/errors.py).
+const REFUSAL_SCREENS = {
+  removed: { title: 'The therapist has asked you to leave this session', next: 'You can’t rejoin this session. Your therapist will follow up with you.', retry: false },
+  denied: { title: 'The therapist couldn’t let you in this time', next: 'Your therapist will follow up with you about this session.', retry: false },
+  'room-locked': { title: 'This session is closed to newcomers', next: 'Please contact your care team. You can try again in case the therapist opens it.', retry: true },
+  'room-full': { title: 'This session is full right now', next: 'You can try again in a few minutes, or contact your care team.', retry: true },
+  'too-early': { title: 'Your session hasn’t opened yet', next: 'Come back a few minutes before it starts.', retry: true },
+  'session-ended': { title: 'This session has ended', next: 'Your other sessions are on your page.', retry: false },
+  'session-cancelled': { title: 'This session was cancelled', next: 'Your other sessions are on your page.', retry: false },
+  'check-in-needed': { title: 'Please check in first', next: 'Tell us where you are right now, then join.', retry: true, retryLabel: 'Check in' },
+  'not-signed-in': { title: 'You are not signed in', next: 'Open the personal link your care team sent you, or sign in.', retry: false },
+  'signed-out': { title: 'You have been signed out', next: 'Open the personal link your care team sent you, or sign in, to come back.', retry: false },
+  'not-on-roster': { title: 'This session isn’t on your schedule', next: 'Please check with your care team.', retry: false },
+  'consent-missing': { title: 'We need your consent first', next: 'Please contact your care team.', retry: false },
+  'no-such-session': { title: 'We can’t find this session', next: 'Please check with your care team.', retry: false },
+  'invite-in-use': { title: 'This invitation is open on another device', next: 'Close it there, then try again.', retry: true },
+  'invite-expired': { title: 'This invitation can’t be used', next: 'Please ask the person who invited you for a new one.', retry: false },
+  'invite-revoked': { title: 'This invitation can’t be used', next: 'Please ask the person who invited you for a new one.', retry: false },
+  'consent-revoked': { title: 'This invitation can’t be used', next: 'Please ask the person who invited you for a new one.', retry: false },
+  'wrong-session': { title: 'This invitation is for another session', next: 'Please check the link you were sent.', retry: false },
+  'media-unavailable': { title: 'The video service is busy', next: 'Please try again in a minute.', retry: true },
+};
+
 function onRefused(d) {
   stopLocalTracks();
   stopClock();
+  stopQuality();
+  const screen = REFUSAL_SCREENS[d.code] || { title: 'We couldn’t let you in', next: 'If you think this is a mistake, please contact your therapist.', retry: true };
+  $('refused-title').textContent = screen.title;
   $('refused-message').textContent = d.message || 'You can’t join this session right now.';
+  $('refused-next').textContent = screen.next;
+  const crisis = $('refused-crisis');
+  crisis.textContent = config.emergencyNumber
+    ? `If you are in danger or need help right now, call ${config.emergencyNumber}.` : '';
+  crisis.hidden = isTherapist || !config.emergencyNumber;
+  $('retry-button').hidden = !screen.retry;
+  $('retry-button').textContent = screen.retryLabel || 'Try again';
+  $('refused-link').hidden = !config.endedUrl;
+  if (config.endedUrl) $('refused-link').href = config.endedUrl;
   showScreen('refused');
 }
 
@@ -533,6 +727,9 @@ function showEnded(title, message, rejoin) {
   $('rejoin-button').hidden = !rejoin;
   $('ended-link').hidden = !config.endedUrl;
   if (config.endedUrl) $('ended-link').href = config.endedUrl;
+  $('attendance-link').hidden = !config.attendanceUrl;
+  if (config.attendanceUrl) $('attendance-link').href = config.attendanceUrl;
+  stopQuality();
   showScreen('ended');
 }
 
@@ -550,8 +747,8 @@ function onWarning(d) {
 
 function onModerated(d) {
   const text = {
-    mute: 'A therapist muted your microphone. You can turn it back on with the Mute button when you are ready.',
-    'stop-video': 'A therapist turned off your camera. You can turn it back on with the Stop video button.',
+    mute: 'A therapist muted your microphone. You can turn it back on with the Unmute button when you are ready.',
+    'stop-video': 'A therapist turned off your camera. You can turn it back on with the Start video button.',
   }[d.action];
   if (text) showNotice(text, 'info');
   updateMediaButtons();
@@ -618,7 +815,9 @@ function createTile(p, isLocal) {
   const bar = el('div', { class: 'tile-bar' },
     el('span', { class: 'tile-name' }),
     el('span', { class: 'tile-role' }),
-    el('span', { class: 'tile-muted', text: 'Muted' }));
+    el('span', { class: 'tile-muted', text: 'Muted' }),
+    el('span', { class: 'tile-side-room', text: 'In a private room' }),
+    el('span', { class: 'tile-no-video', text: 'Video not reaching you' }));
   tile.append(video, avatar, bar);
   if (!isLocal) tile.append(el('audio', { autoplay: true, class: 'remote-audio' }));
   if (isTherapist && !isLocal) tile.append(createTileMenu(p.id));
@@ -638,8 +837,27 @@ function updateTile(id) {
   if (menuButton) menuButton.setAttribute('aria-label', `Options for ${p.name || 'participant'}`);
   tile.classList.toggle('audio-off', !p.audio);
   tile.classList.toggle('video-off', !hasVisibleVideo(p, tile));
+  tile.classList.toggle('in-side-room', !!p.side_room);
+  // In a side room we are not in: their video and sound are not forwarded to us.
+  tile.classList.toggle('apart', !!p.side_room && !p.isLocal && !(state.mySideRoom && state.mySideRoom.withIds.includes(id)));
+  // Honest about others' links: they say their camera is on, yet no frames reach us.
+  tile.classList.toggle('no-video', !p.isLocal && !p.side_room && !!p.video && !!videoStalled(tile));
   const video = tile.querySelector('video');
   if (p.isLocal && video.paused) playMedia(video);
+}
+
+// A remote video counts as not reaching us once no frames came for this long.
+const STALLED_AFTER_MS = 5000;
+const mutedSince = new WeakMap(); // remote video track → when it last stopped bringing frames
+
+function videoStalled(tile) {
+  const stream = tile.querySelector('video').srcObject;
+  const track = stream && stream.getVideoTracks()[0];
+  if (!track) return false;
+  if (track.readyState === 'ended') return true;
+  if (!track.muted) return false;
+  if (!mutedSince.has(track)) mutedSince.set(track, Date.now());
+  return Date.now() - mutedSince.get(track) >= STALLED_AFTER_MS;
 }
 
 function hasVisibleVideo(p, tile) {
@@ -692,8 +910,8 @@ function watchVideoTrack(track) {
   if (!track || watchedTracks.has(track)) return;
   watchedTracks.add(track);
   const refresh = () => { for (const id of state.participants.keys()) updateTile(id); };
-  track.addEventListener('mute', refresh);
-  track.addEventListener('unmute', refresh);
+  track.addEventListener('mute', () => { mutedSince.set(track, Date.now()); refresh(); });
+  track.addEventListener('unmute', () => { mutedSince.delete(track); refresh(); });
   track.addEventListener('ended', refresh);
 }
 
@@ -790,6 +1008,8 @@ function updateMediaButtons() {
   cam.disabled = !localTrack('video');
   setPressed(mic, !media.audio);
   setPressed(cam, !media.video);
+  mic.querySelector('.control-label').textContent = media.audio ? 'Mute' : 'Unmute';
+  cam.querySelector('.control-label').textContent = media.video ? 'Stop video' : 'Start video';
   mic.title = mic.disabled ? 'No microphone' : media.audio ? 'Your microphone is on' : 'Your microphone is off';
   cam.title = cam.disabled ? 'No camera' : media.video ? 'Your camera is on' : 'Your camera is off';
 }
@@ -823,7 +1043,17 @@ function setUpRoomControls() {
   document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeAllMenus(); });
   document.addEventListener('click', (e) => { if (!e.target.closest('.tile-menu')) closeAllMenus(); });
   window.addEventListener('pagehide', () => { if (state.conn) state.conn.leave(); });
+  window.addEventListener('resize', fitRoom);
   setPanelOpen(window.matchMedia('(min-width: 900px)').matches);
+}
+
+/** The room's layout needs where it starts on the page and how tall the controls are. */
+function fitRoom() {
+  const room = $('screen-room');
+  if (room.hidden) return;
+  const root = document.documentElement.style;
+  root.setProperty('--room-top', `${Math.round(room.getBoundingClientRect().top + window.scrollY)}px`);
+  root.setProperty('--controls-height', `${Math.round(room.querySelector('.controls').getBoundingClientRect().height)}px`);
 }
 
 function setPanelOpen(open) {
@@ -839,6 +1069,54 @@ function updatePanelBadge() {
   const badge = $('panel-badge');
   badge.textContent = count > 0 ? String(count) : '';
   badge.hidden = count === 0 || !$('side-panel').hidden;
+}
+
+// ---- own connection quality (this page's getStats) ---------------------------------
+
+const QUALITY_EVERY_MS = 4000;
+
+function startQuality() {
+  if (state.quality.timer) return;
+  state.quality.timer = setInterval(() => { measureQuality().catch(() => {}); }, QUALITY_EVERY_MS);
+}
+
+function stopQuality() {
+  clearInterval(state.quality.timer);
+  state.quality.timer = null;
+  $('quality').hidden = true;
+}
+
+async function measureQuality() {
+  const pc = state.conn && state.conn.pc;
+  const badge = $('quality');
+  if (!pc || pc.connectionState !== 'connected') {
+    badge.hidden = !pc;
+    badge.textContent = 'Connection: connecting…';
+    badge.dataset.level = 'fair';
+    return;
+  }
+  let rtt = null;
+  let lost = 0;
+  let received = 0;
+  (await pc.getStats()).forEach((s) => {
+    if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded' && s.currentRoundTripTime != null) rtt = s.currentRoundTripTime;
+    if (s.type === 'inbound-rtp') {
+      lost += Math.max(0, s.packetsLost || 0);
+      received += s.packetsReceived || 0;
+    }
+  });
+  const dLost = lost - state.quality.lost;
+  const dReceived = received - state.quality.received;
+  state.quality.lost = lost;
+  state.quality.received = received;
+  const loss = dLost + dReceived > 0 ? dLost / (dLost + dReceived) : 0;
+  const level = (rtt != null && rtt > 0.6) || loss > 0.08 ? 'poor'
+    : (rtt != null && rtt > 0.3) || loss > 0.02 ? 'fair' : 'good';
+  badge.dataset.level = level;
+  badge.textContent = `Connection: ${level}`;
+  for (const id of state.participants.keys()) updateTile(id); // stalled remote videos
+  badge.title = `Round trip ${rtt != null ? Math.round(rtt * 1000) : '?'} ms, ${Math.round(loss * 100)} % of packets lost`;
+  badge.hidden = false;
 }
 
 // ---- time ---------------------------------------------------------------------
@@ -1026,6 +1304,8 @@ function main() {
   setUpChat();
   setUpTherapistPanel();
   renderWaitingList();
+  renderRoster();
+  renderKeptOut();
   showScreen('prejoin');
   startPreview();
 }

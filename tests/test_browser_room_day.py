@@ -1,0 +1,104 @@
+"""The live room as therapists and patients see it, in headless Chromium (issue #16, the room):
+the safety card, the side room, who was kept out and who is not here yet, the own buttons'
+state, the removed patient's screen, the phone layout, sign-out and the attendance link."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES, seconds
+
+ROOT = Path(__file__).parent.parent
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def day() -> dict:
+    """``python -m tests.browser.room_day`` in a loopback-only namespace, once for the module."""
+    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
+    chromium = os.environ.get("VIO_TEST_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists():
+        missing.append(chromium)
+    if missing or os.geteuid() != 0:
+        why = f"needs root and {', '.join(missing)}" if missing else "needs root for unshare -n"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"browser tests cannot run: {why}")
+        pytest.skip(f"browser tests cannot run: {why}")
+    result = subprocess.run(
+        ["unshare", "-n", "--", sys.executable, "-m", "tests.browser.room_day"],
+        cwd=ROOT, capture_output=True, text=True, timeout=seconds(240))
+    assert result.returncode == 0, result.stderr[-4000:]
+    seen: dict = json.loads(result.stdout.strip().splitlines()[-1])
+    return seen
+
+
+def test_waiting_room_names_the_session_and_whether_the_therapist_is_there(day):
+    assert day["waiting_title"].startswith(day["session_title"]), day["waiting_title"]
+    assert " \u2013 " in day["waiting_title"]  # its time, from start to end
+    assert day["waiting_therapist"] == "Your therapist hasn\u2019t joined yet."
+
+
+def test_safety_card_shows_street_address_phone_contact_and_emergency_number(day):
+    card = day["safety"]
+    assert card["location"] == "At home: 120 Maple Street, Springfield", card
+    assert card["phone"] == "555-0200"
+    assert card["contact"] == "Contact of Dana · 555-0100"
+    assert card["emergency"] == "911"
+
+
+def test_roster_lists_who_is_not_here_yet(day):
+    assert "Priya S." in day["roster"] and "Ken W." in day["roster"], day["roster"]
+    assert "Dana R." not in day["roster"] and "Marcus L." not in day["roster"]
+
+
+def test_locked_room_shows_a_badge_and_the_kept_out_attempt(day):
+    assert day["lock_badge"] == "Room locked"
+    assert day["late_title"] == "This session is closed to newcomers"
+    assert "Priya S." in day["kept_out"] and "the room is locked" in day["kept_out"]
+    assert "Priya S. tried to join" in day["kept_out_notice"]
+
+
+def test_mute_button_says_unmute_once_muted(day):
+    assert day["mic_label_after_mute"] == "Unmute"
+    assert day["mic_pressed_after_mute"] == "true"
+
+
+def test_side_room_is_marked_and_said_to_the_patient_and_the_group(day):
+    assert day["therapist_marker"] == "In a private room"
+    assert day["group_marker"] == "In a private room"
+    assert "You are in a private room with Jordan Alvarez, LCSW" in day["patient_side_room"]
+    group = day["group_side_room"]
+    assert "Jordan Alvarez, LCSW has stepped out for a private talk" in group, group
+    assert "Sam Okafor is holding the group" in group, group
+    assert day["group_banner_after"] is False
+
+
+def test_removed_patient_is_told_plainly_with_no_false_hope(day):
+    assert day["removed_title"] == "The therapist has asked you to leave this session"
+    assert day["removed_retry_shown"] is False
+    assert "Try again" not in day["removed_text"]
+    assert "your therapist will follow up" in day["removed_text"].lower()
+    assert "call 911" in day["removed_text"]
+
+
+def test_controls_never_cover_the_chat_and_stay_at_the_bottom_of_a_phone(day):
+    phone = day["phone_layout"]
+    assert phone["controlsBottom"] == pytest.approx(phone["viewport"], abs=1), phone
+    assert phone["sendBottom"] <= phone["controlsTop"] + 0.5, phone
+    desk = day["therapist_layout"]  # with the side-room banner showing
+    assert desk["sendBottom"] <= desk["controlsTop"] + 0.5, desk
+    assert desk["controlsBottom"] <= desk["viewport"] + 0.5, desk
+
+
+def test_room_page_has_a_sign_out_and_the_ended_screen_links_attendance(day):
+    assert day["sign_out_in_room_page"] is True and day["therapist_sign_out"] is True
+    link = day["attendance_link"]
+    assert link["text"] == "Attendance record"
+    assert link["href"] == f"/staff/sessions/{day['session_id']}/attendance"
