@@ -97,7 +97,8 @@ async def test_sign_off_locks_the_record(db, staff_client):  # noqa: F811
     token = sign_in(staff_client, "robin@lakeside.test")
     session = seeded.sessions[("2026-W46", "Mon")]
     path = f"/staff/sessions/{session.id}/attendance"
-    assert staff_client.post(path, data={"csrf_token": token, "action": "sign-off"},
+    assert staff_client.post(path, data={"csrf_token": token, "action": "sign-off",
+                                         "confirm": "yes"},
                              follow_redirects=False).status_code == 303
     page = staff_client.get(path).text
     assert "This record is locked" in page and 'value="override"' not in page

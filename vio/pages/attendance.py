@@ -3,7 +3,8 @@
 - ``/staff/sessions/{id}/attendance``: each person's time on a timeline, minutes by modality,
   status, the therapist's overrides (with a reason) and the sign-off that locks the record.
 - ``/staff/patients/{id}/dosage``: weekly hours against the target across the enrollment.
-- ``/staff/dashboard``: this week's dosage for every active patient, alerts first.
+- ``/staff/dashboard``: this week's dosage for every active patient, alerts first; each alert
+  can be dismissed for the week with a note (``POST /staff/patients/{id}/alerts``).
 - ``/staff/exports/attendance.csv`` and ``.fhir.json`` (``?from=&to=``): audited downloads.
 
 Charts are SVG drawn on the server from the geometry computed here; each has a table beside it
@@ -28,16 +29,17 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from vio.attendance import records
+from vio.attendance import dismissals, records
+from vio.attendance.dismissals import DismissalRefused
 from vio.attendance.dosage import DosageAlert, IsoWeek, WeeklyDosage
-from vio.attendance.export import ExportFormat, export_attendance, modifier_for
-from vio.attendance.intervals import AttendanceStatus, Modality
+from vio.attendance.export import ExportFormat, export_attendance, held_note, modifier_for
+from vio.attendance.intervals import AttendanceStatus, Modality, Presence
 from vio.attendance.models import AttendanceReview
 from vio.attendance.records import ReviewRefused, SessionAttendance
 from vio.identity import Viewer
 from vio.models import Patient, Program, Session, SessionStatus
 from vio.pages import forms
-from vio.pages.common import checked_form, not_found, render, staff_page, state
+from vio.pages.common import bad_request, checked_form, not_found, render, staff_page, state
 from vio.pages.staff import session_for_staff, viewed
 from vio.policy import Action, Scope, may
 
@@ -60,7 +62,10 @@ ALERT_LABELS = {DosageAlert.BELOW_TARGET_LAST_WEEK: "below target last week",
                 DosageAlert.CANNOT_REACH_TARGET: "can't reach target this week",
                 DosageAlert.CONSECUTIVE_ABSENCES: "absences in a row"}
 MODALITY_LABELS = {Modality.AUDIO_VIDEO: "audio and video", Modality.AUDIO_ONLY: "audio only",
+                   Modality.HELD_BY_THERAPIST: "audio and video, held by the therapist",
                    Modality.NO_MEDIA: "in the room, no media"}
+PRESENCE_LABELS = {Presence.IN_ROOM: "in the room now", Presence.WAITING: "waiting",
+                   Presence.NOT_HERE: "not here yet", Presence.LEFT: "left for now"}
 
 
 # --- chart geometry ---------------------------------------------------------------------------
@@ -184,6 +189,9 @@ async def session_attendance_page(request: Request, db: AsyncSession, viewer: Vi
                 await records.override_status(db, record, person, status, reason,
                                               viewer.staff, now)
             elif action == "sign-off":
+                if record.is_over(now) and not record.locked and form.get("confirm") != "yes":
+                    raise ReviewRefused("confirm-required", "Tick the box to confirm that "
+                                        "every status is reviewed; signing off locks them.")
                 await records.sign_off(db, record, viewer.staff, now)
             else:
                 raise ReviewRefused("unknown-action", "Unknown action.")
@@ -207,7 +215,9 @@ async def session_attendance_page(request: Request, db: AsyncSession, viewer: Vi
         right_margin=TIMELINE_RIGHT,
         height=TIMELINE_AXIS + TIMELINE_ROW * max(len(record.people), 1),
         row_height=TIMELINE_ROW, modifier_for=modifier_for, overrides=overrides,
-        modality_labels=MODALITY_LABELS, now=now)
+        modality_labels=MODALITY_LABELS, now=now, live=record.is_live(now),
+        over=record.is_over(now), presence_labels=PRESENCE_LABELS, held_note=held_note,
+        program=program)
 
 
 async def _override_history(db: AsyncSession, session_id: int) -> list[AttendanceReview]:
@@ -228,9 +238,13 @@ async def patient_dosage_page(request: Request, db: AsyncSession, viewer: Viewer
     await viewed(request, db, viewer, "dosage-view", f"patient:{patient.id}")
     now = state(request).clock.now()
     weeks = await records.patient_dosage(db, patient, program, now)
+    dismissed = await dismissals.dismissals_for(db, [patient.id])
+    names = await records.person_names(db, [f"staff:{d.dismissed_by}"
+                                            for d in dismissed.values()])
     return render(request, "attendance/dosage.html", patient=patient, weeks=weeks,
                   chart=dosage_chart(weeks), program=program, alert_labels=ALERT_LABELS,
-                  this_week=IsoWeek.containing(now, program.timezone))
+                  this_week=IsoWeek.containing(now, program.timezone), dismissed=dismissed,
+                  names=names)
 
 
 async def _awaiting_sign_off(db: AsyncSession, program: Program, viewer: Viewer,
@@ -240,7 +254,8 @@ async def _awaiting_sign_off(db: AsyncSession, program: Program, viewer: Viewer,
     signed = set((await db.execute(select(AttendanceReview.session_id).where(
         AttendanceReview.session_id.in_([s.id for s in sessions]),
         AttendanceReview.signed_off_at.is_not(None)))).scalars())
-    return [s for s in sessions if s.ends_at <= now and s.id not in signed
+    return [s for s in sessions
+            if (s.ends_at <= now or s.status is SessionStatus.ENDED) and s.id not in signed
             and s.status is not SessionStatus.CANCELLED]
 
 
@@ -255,12 +270,52 @@ async def dashboard(request: Request, db: AsyncSession, viewer: Viewer,
               if may(scope, Action.VIEW, p)]
     await viewed(request, db, viewer, "dashboard-view", f"program:{program.id}",
                  patients=len(report))
-    flagged = [(p, d) for p, d in report if d.alerts]
+    dismissed = await dismissals.dismissals_for(db, [p.id for p, _ in report], [week])
+    flagged = [(p, d, open_) for p, d in report
+               if (open_ := dismissals.open_alerts(d, dismissed))]
     today = now.astimezone(ZoneInfo(program.timezone)).date()
+    export_from, export_to = last_month(today)
     return render(request, "attendance/dashboard.html", program=program, week=week,
                   report=report, flagged=flagged, alert_labels=ALERT_LABELS,
+                  dismissed_count=len(dismissed),
                   awaiting=await _awaiting_sign_off(db, program, viewer, now),
-                  zone=ZoneInfo(program.timezone), export_from=week.monday, export_to=today)
+                  zone=ZoneInfo(program.timezone), export_from=export_from,
+                  export_to=export_to, note_max=dismissals.NOTE_MAX_CHARS)
+
+
+def last_month(today: date) -> tuple[date, date]:
+    """The last complete calendar month before ``today``: what a billing person exports."""
+    first_of_this = today.replace(day=1)
+    last = first_of_this - timedelta(days=1)
+    return last.replace(day=1), last
+
+
+@staff_page()
+async def dismiss_alert(request: Request, db: AsyncSession, viewer: Viewer,
+                        scope: Scope) -> Response:
+    """Set one of a patient's alerts aside for a week, with a note; audited."""
+    program = await _program(db, viewer)
+    patient = await db.get(Patient, request.path_params["patient_id"])
+    if not may(scope, Action.VIEW, patient):
+        return not_found(request, "There is no such patient.")
+    assert patient is not None and viewer.staff is not None
+    form = await checked_form(request)
+    now = state(request).clock.now()
+    try:
+        alert = dismissals.parse_alert(form.get("alert"))
+        week = dismissals.parse_week(form.get("week"))
+        if week > IsoWeek.containing(now, program.timezone):
+            raise DismissalRefused("future-week", "Alerts of weeks to come can't be dismissed.")
+        dosage = await records.patient_week_dosage(db, patient, program, week, now)
+        await dismissals.dismiss(db, patient, dosage, alert, form.get("note"), viewer.staff,
+                                 now)
+    except DismissalRefused as refusal:  # refused before anything was written
+        return bad_request(request, str(refusal))
+    await db.commit()
+    back = form.get("next")
+    return RedirectResponse(back if back in ("/staff/dashboard",
+                                             f"/staff/patients/{patient.id}/dosage")
+                            else "/staff/dashboard", status_code=303)
 
 
 class ExportRequestProblem(ValueError):
@@ -322,6 +377,7 @@ routes = [
           methods=["GET", "POST"]),
     Route("/staff/patients/{patient_id:id}/dosage", patient_dosage_page),
     Route("/staff/dashboard", dashboard),
+    Route("/staff/patients/{patient_id:id}/alerts", dismiss_alert, methods=["POST"]),
     Route("/staff/exports/attendance.csv", export_csv),
     Route("/staff/exports/attendance.fhir.json", export_fhir),
 ]

@@ -8,6 +8,7 @@ take 403. Every view of a patient's record or a roster is audited.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -19,7 +20,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from vio import clinic, identity
-from vio.attendance.records import person_names
+from vio.attendance import records
+from vio.attendance.intervals import Presence
+from vio.attendance.records import SessionAttendance, SessionOutcome, person_names
 from vio.identity import EndReason, parse_identity
 from vio.models import (
     AgeGroup,
@@ -45,6 +48,7 @@ from vio.pages.common import (
     disconnect,
     disconnect_sign_ins,
     forbidden,
+    local_time,
     not_found,
     render,
     staff_page,
@@ -63,6 +67,8 @@ from vio.policy import (
 
 AUDIT_PAGE_ROWS = 500
 NOT_FOR_YOUR_ROLE = "Only a program admin can do that."
+PAST_SESSION_DAYS = 28  # the Sessions page lists sessions this far back
+UPCOMING_SESSION_DAYS = 28
 
 
 def _program_day_bounds(program: Program, day: date) -> tuple[datetime, datetime]:
@@ -94,8 +100,10 @@ async def today(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope
     start, end = _program_day_bounds(program, local_day)
     assert viewer.staff is not None
     sessions = await clinic.sessions_for_staff(db, scope, start, end)
-    return render(request, "staff/today.html", program=program, sessions=sessions, now=now,
-                  day=local_day)
+    # From the attendance log in the shared database: right whichever node holds the room.
+    found = await records.session_attendance(db, sessions, program.present_threshold_percent)
+    return render(request, "staff/today.html", program=program, rows=found, now=now,
+                  day=local_day, outcome=SessionOutcome, presence=Presence)
 
 
 # --- patients ----------------------------------------------------------------------------
@@ -269,6 +277,8 @@ async def _group_change(db: AsyncSession, program: Program, group: Group, action
         membership = await db.get(RosterMembership, forms.record_id(form, "membership_id") or 0)
         if membership is None or membership.group_id != group.id:
             raise FormProblem("There is no such roster entry.")
+        if form.get("confirm") != "yes":
+            raise FormProblem("Tick the box to confirm ending the membership.")
         left_on = forms.day(form, "left_on", "Leave date")
         if left_on < membership.joined_on:
             raise FormProblem("A patient can't leave before joining.")
@@ -374,7 +384,8 @@ async def _plan_from_form(db: AsyncSession, program: Program, scope: Scope,
 @staff_page()
 async def sessions(request: Request, db: AsyncSession, viewer: Viewer,
                    scope: Scope) -> Response:
-    """Upcoming sessions, and forms for a one-off session or a weekly series."""
+    """Upcoming sessions, the past four weeks' with how each went, and forms for a one-off
+    session or a weekly series."""
     program = await program_of(db, viewer)
     app = state(request)
     error = None
@@ -407,8 +418,13 @@ async def sessions(request: Request, db: AsyncSession, viewer: Viewer,
             return RedirectResponse("/staff/sessions", status_code=303)
     now = app.clock.now()
     assert viewer.staff is not None
-    upcoming = await clinic.sessions_for_staff(db, scope, now - timedelta(days=1),
-                                               now + timedelta(days=28))
+    listed = await clinic.sessions_for_staff(db, scope, now - timedelta(days=PAST_SESSION_DAYS),
+                                             now + timedelta(days=UPCOMING_SESSION_DAYS))
+    started = await records.session_attendance(
+        db, [s for s in listed if s.starts_at <= now], program.present_threshold_percent)
+    past: list[SessionAttendance] = [r for r in started if r.is_over(now)]
+    over = {r.session.id for r in past}
+    upcoming = [s for s in listed if s.id not in over]
     group_rows = (await db.execute(select(Group).where(group_where(scope))
                                    .order_by(Group.name))).scalars().all()
     patient_rows = (await db.execute(select(Patient).where(patient_where(scope))
@@ -420,7 +436,8 @@ async def sessions(request: Request, db: AsyncSession, viewer: Viewer,
                 scope.group_ids)))))
     staff = (await db.execute(staff_query.order_by(StaffUser.name))).scalars().all()
     return render(request, "staff/sessions.html", status_code=400 if error else 200,
-                  sessions=upcoming, groups=group_rows, patients=patient_rows,
+                  sessions=upcoming, past=list(reversed(past)), now=now,
+                  past_days=PAST_SESSION_DAYS, groups=group_rows, patients=patient_rows,
                   staff=staff, kinds=list(SessionKind), error=error, program=program,
                   weekdays=[(1, "Mon"), (2, "Tue"), (3, "Wed"), (4, "Thu"), (5, "Fri"),
                             (6, "Sat"), (7, "Sun")])
@@ -460,13 +477,63 @@ async def audit_log(request: Request, db: AsyncSession, viewer: Viewer,
     patients_ = (await db.execute(select(Patient.id, Patient.legal_name).where(
         Patient.program_id == program.id).order_by(Patient.legal_name))).all()
     choices = [(f"staff:{i}", n) for i, n in people] + [(f"patient:{i}", n) for i, n in patients_]
-    names = await person_names(db, [e.actor for e in events] + [e.target for e in events])
+    names = await _audit_names(db, program, events, dict(choices))
     await clinic.audit(db, state(request).clock.now(), viewer.actor, "audit-log-view",
                        f"program:{program.id}", person_filter=person, action_filter=action)
     await db.commit()
     return render(request, "staff/audit.html", events=events, names=names, zone=zone,
                   program=program, choices=choices, actions=actions, person=person,
-                  action=action, first=first or "", last=last or "", limit=AUDIT_PAGE_ROWS)
+                  action=action, first=first or "", last=last or "", limit=AUDIT_PAGE_ROWS,
+                  detail=lambda d: readable_detail(d, names))
+
+
+async def _audit_names(db: AsyncSession, program: Program, events: Sequence[AuditEvent],
+                       people: dict[str, str]) -> dict[str, str]:
+    """Names for the identities and records the events mention, only this program's (an
+    admin sees their whole program; anything else stays an id)."""
+    names = dict(people)
+    mentioned = {e.target for e in events} | {
+        v for e in events for v in e.detail.values() if isinstance(v, str)}
+    session_ids = sorted({int(m.partition(":")[2]) for m in mentioned
+                          if m.startswith("session:") and m.partition(":")[2].isdigit()}
+                         | {e.detail["session"] for e in events
+                            if isinstance(e.detail.get("session"), int)})
+    zone = ZoneInfo(program.timezone)
+    if session_ids:
+        for sid, title, starts_at in await db.execute(
+                select(Session.id, Session.title, Session.starts_at).where(
+                    Session.program_id == program.id, Session.id.in_(session_ids[:1000]))):
+            names[f"session:{sid}"] = f"{title}, {local_time(starts_at, zone, 'datetime')}"
+    for gid, name in await db.execute(select(Group.id, Group.name).where(
+            Group.program_id == program.id)):
+        names[f"group:{gid}"] = f"group {name}"
+    names[f"program:{program.id}"] = program.name
+    names.update({k: v for k, v in (await person_names(db, [
+        m for m in mentioned if m.startswith("family-invite:")])).items()})
+    return names
+
+
+def _readable(value: object, names: dict[str, str]) -> str:
+    if isinstance(value, str):
+        return names.get(value, value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_readable(v, names) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{_readable(k, names)}: {_readable(v, names)}"
+                         for k, v in value.items())
+    return str(value)
+
+
+def readable_detail(detail: dict[str, object], names: dict[str, str]) -> list[tuple[str, str]]:
+    """An audit event's detail as (label, text) pairs, identities and ids named."""
+    pairs = []
+    for key, value in detail.items():
+        if key == "session" and isinstance(value, int):
+            value = f"session:{value}"
+        pairs.append((key.replace("_", " "), _readable(value, names)))
+    return pairs
 
 
 async def session_for_staff(db: AsyncSession, scope: Scope, session_id: int) -> Session | None:
