@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
+import contextlib
+import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import harness as h
+import janus
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,59 @@ SMOKE = Plan(ks=(1,), warmup_s=0.5, window_s=1.0)
 MAX_SUBSCRIBER_PROCESSES = 4
 VIDEO_SIZE = "640x360"
 """The publish caps' size (``VIO_PUBLISH_WIDTH`` x ``VIO_PUBLISH_HEIGHT``), at 15 fps."""
+JANUS_FPS = 30
+"""The frame rate published when Janus takes part (``--janus``), unless ``--fps`` says."""
 ARRIVAL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What the publisher sends: the same stream for every backend of one invocation."""
+
+    size: str = VIDEO_SIZE
+    fps: int = h.VIDEO_FPS
+    kbps: int = h.VIDEO_TARGET_KBPS
+    """The VP8 encoder's target; the clip spends ~300 kbit/s of 500 at 15 fps, ~475 at 30."""
+
+    def config(self) -> dict[str, object]:
+        return {"video_size": self.size, "fps": self.fps, "kbps": self.kbps}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How one backend's processes start: the server (and its port), the publisher, the
+    subscribers (the ``i``-th process of them)."""
+
+    label: str
+    server: Callable[[], Awaitable[tuple[h.Child, int]]]
+    publisher: Callable[[int], Awaitable[h.Child]]
+    subscribers: Callable[[int, int], Awaitable[h.Child]]
+
+
+def aiortc_setup(backend: str, variant: h.Variant, caps: Caps) -> Setup:
+    """The harness's server (``vio`` or ``relay``) and peers, on 127.0.0.1."""
+    label = backend if variant.pythonpath is None else f"{backend} baseline"
+    return Setup(
+        label=label,
+        server=lambda: h.start_server(backend, name=f"server-{label}", variant=variant),
+        publisher=lambda port: h.start_peers(port, name=f"publisher-{label}", **caps.config()),
+        subscribers=lambda port, i: h.start_peers(port, name=f"subscribers-{label}-{i}"))
+
+
+def janus_setup(ns: janus.Namespace, caps: Caps) -> Setup:
+    """Janus VideoRoom and the same publisher and subscribers, all inside ``ns``."""
+
+    async def server() -> tuple[h.Child, int]:
+        child = await ns.start_child("server", {}, name="server-janus")
+        return child, int(await child.call("port"))
+
+    return Setup(
+        label="janus", server=server,
+        publisher=lambda port: ns.start_child("publisher", {"port": port, **caps.config()},
+                                              name="publisher-janus"),
+        subscribers=lambda port, i: ns.start_child(
+            "peers", {"port": port, "receive": "decode", "video_size": "320x240"},
+            name=f"subscribers-janus-{i}"))
 
 
 @dataclass(frozen=True)
@@ -70,18 +125,17 @@ class Row:
         return 1e4 * self.cpu_percent / self.packets_per_s if self.packets_per_s else float("nan")
 
 
-async def run_backend(backend: str, kinds: list[str], plan: Plan,
-                      variant: h.Variant) -> list[Row]:
-    label = backend if variant.pythonpath is None else f"{backend} baseline"
-    server, port = await h.start_server(backend, name=f"server-{label}", variant=variant)
+async def run_backend(setup: Setup, kinds: list[str], plan: Plan) -> list[Row]:
+    label = backend = setup.label
+    server, port = await setup.server()
     subscribers = min(max(plan.ks), MAX_SUBSCRIBER_PROCESSES)
     children: list[h.Child | None] = [server]
     rows: list[Row] = []
     try:
-        publisher = await h.start_peers(port, name=f"publisher-{backend}", video_size=VIDEO_SIZE)
-        workers = [await h.start_peers(port, name=f"subscribers-{backend}-{i}")
-                   for i in range(subscribers)]
-        children += [publisher, *workers]
+        publisher = await setup.publisher(port)
+        children.append(publisher)
+        workers = [await setup.subscribers(port, i) for i in range(subscribers)]
+        children += workers
         for kind in kinds:
             source = f"pub-{kind}"
             leg = f"{source}/{kind}"
@@ -120,15 +174,53 @@ async def run_backend(backend: str, kinds: list[str], plan: Plan,
     return rows
 
 
-def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str) -> None:
-    print("# Forwarding cost: vio MediaRouter (passthrough) vs aiortc MediaRelay (transcoding)")
+@dataclass(frozen=True)
+class Increment:
+    """What each subscriber added to one backend's cost for one kind, from K = a to K = b."""
+
+    backend: str
+    kind: str
+    k_from: int
+    k_to: int
+    cpu_per_leg: float
+    """Server CPU % (of a core) per added subscriber: (CPU(b) - CPU(a)) / (b - a)."""
+    packets_per_leg: float
+    """RTP packets per second each added subscriber was sent."""
+
+    @property
+    def us_per_packet(self) -> float:
+        """Server CPU per added packet and leg, in microseconds."""
+        if self.packets_per_leg <= 0:
+            return float("nan")
+        return 1e4 * self.cpu_per_leg / self.packets_per_leg
+
+
+def increments(rows: list[Row]) -> list[Increment]:
+    """Per backend and kind, the cost per added leg between the smallest and the largest K."""
+    found = []
+    for backend, kind in dict.fromkeys((r.backend, r.kind) for r in rows):
+        runs = sorted((r for r in rows if (r.backend, r.kind) == (backend, kind)),
+                      key=lambda r: r.k)
+        first, last = runs[0], runs[-1]
+        if last.k == first.k:
+            continue
+        legs = last.k - first.k
+        found.append(Increment(backend, kind, first.k, last.k,
+                               (last.cpu_percent - first.cpu_percent) / legs,
+                               (last.packets_per_s - first.packets_per_s) / legs))
+    return found
+
+
+def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
+           caps: Caps, backends: list[str]) -> None:
+    print(f"# Forwarding cost, 1 publisher -> K subscribers: {', '.join(backends)}")
     print(f"machine: {machine}")
     print(f"commit: {h.git_head()}; date: {time.strftime('%Y-%m-%d %H:%M %Z')}; "
           f"server loop: {loop}; window {plan.window_s:g} s "
           f"after {plan.warmup_s:g} s warm-up")
-    print(f"media: video {VIDEO_SIZE} 15 fps VP8 (counter + chroma noise, ~300 kbit/s), "
-          "audio Opus 20 ms frames; "
-          "1 publisher -> K subscribers\n")
+    print(f"media: video {caps.size} {caps.fps} fps VP8 (counter + chroma noise, encoder "
+          f"target {caps.kbps} kbit/s), audio Opus 20 ms frames; the same clips for every "
+          "backend\n")
     print(h.table(
         ["backend", "kind", "K", "server CPU %", "CPU % per stream", "fps min", "fps median",
          "packets/s out", "kbit/s per stream", "CPU us per packet", "bad frames"],
@@ -142,11 +234,28 @@ def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str)
         if backend == "vio" and relay is not None:
             ratio_rows.append([kind, k, vio.per_stream, relay.per_stream,
                                relay.per_stream / vio.per_stream])
-    print("## MediaRelay CPU per stream / vio CPU per stream")
-    print(h.table(["kind", "K", "vio CPU % per stream", "MediaRelay CPU % per stream", "ratio"],
-                  ratio_rows))
-    for kind, k, _, _, ratio in ratio_rows:
-        print(f"ratio {kind} K={k}: {ratio:.2f}")
+    if ratio_rows:
+        print("## MediaRelay CPU per stream / vio CPU per stream")
+        print(h.table(["kind", "K", "vio CPU % per stream", "MediaRelay CPU % per stream",
+                       "ratio"], ratio_rows))
+        for kind, k, _, _, ratio in ratio_rows:
+            print(f"ratio {kind} K={k}: {ratio:.2f}")
+    steps = increments(rows)
+    if steps:
+        print("\n## Cost per added subscriber (from the smallest K to the largest)")
+        print(h.table(["backend", "kind", "K", "CPU % per added leg", "packets/s per leg",
+                       "CPU us per added packet"],
+                      [[i.backend, i.kind, f"{i.k_from}->{i.k_to}", i.cpu_per_leg,
+                        i.packets_per_leg, i.us_per_packet] for i in steps]))
+        by_leg = {(i.backend, i.kind): i for i in steps}
+        for other in ("janus", "relay"):
+            for kind in ("video", "audio"):
+                mine, theirs = by_leg.get(("vio", kind)), by_leg.get((other, kind))
+                if mine is None or theirs is None or theirs.cpu_per_leg <= 0:
+                    continue
+                print(f"ratio vio/{other} {kind} per leg: "
+                      f"{mine.cpu_per_leg / theirs.cpu_per_leg:.2f}, per packet: "
+                      f"{mine.us_per_packet / theirs.us_per_packet:.2f}")
     baseline = [r for r in rows if r.backend == "vio baseline"]
     if baseline:
         print("\n## vio CPU per packet / the baseline's, side by side")
@@ -158,35 +267,76 @@ def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str)
     print(f"\nfinished in {time.monotonic() - started:.0f} s")
 
 
+@contextlib.contextmanager
+def janus_namespace(wanted: bool) -> Iterator[janus.Namespace | None]:
+    """The network namespace for Janus, if it is wanted and can run here; gone afterwards."""
+    if not wanted:
+        yield None
+        return
+    reason = janus.unavailable()
+    if reason is not None:
+        print(f"janus: skipped, {reason}", file=sys.stderr)
+        yield None
+        return
+    with janus.Namespace() as ns:
+        yield ns
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="K = 1, 2 and short windows")
     parser.add_argument("--smoke", action="store_true", help="K = 1, tiny windows (tests)")
+    parser.add_argument("--ks", help="the Ks to measure, e.g. 1,16 (instead of the plan's)")
     parser.add_argument("--kind", choices=["video", "audio", "both"], default="both")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
                         help="the servers' event loop")
     parser.add_argument("--baseline", metavar="DIR",
                         help="also run vio from the vio package in DIR (e.g. an older commit's, "
                              "from `git archive`), right after this checkout's")
+    parser.add_argument("--backends", default="vio,relay",
+                        help="which of vio, relay, janus to run, in order (default vio,relay)")
     parser.add_argument("--janus", action="store_true",
-                        help="also compare Janus (only if Debian's janus is installed)")
+                        help="also run Janus VideoRoom (Debian's janus, in a network namespace); "
+                             f"publishes {JANUS_FPS} fps unless --fps says otherwise")
+    parser.add_argument("--fps", type=int, help=f"video frame rate (default {h.VIDEO_FPS}, "
+                                                f"{JANUS_FPS} with --janus)")
+    parser.add_argument("--kbps", type=int, default=h.VIDEO_TARGET_KBPS,
+                        help="the VP8 encoder's target bitrate for the published clip")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.ks:
+        plan = Plan(ks=tuple(sorted({int(k) for k in args.ks.split(",")})),
+                    warmup_s=plan.warmup_s, window_s=plan.window_s)
     kinds = ["video", "audio"] if args.kind == "both" else [args.kind]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.janus and "janus" not in backends:
+        backends.insert(1, "janus")
+    if unknown := set(backends) - {"vio", "relay", "janus"}:
+        parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
+    caps = Caps(fps=args.fps or (JANUS_FPS if "janus" in backends else h.VIDEO_FPS),
+                kbps=args.kbps)
     started = time.monotonic()
     machine = h.machine()
-    if args.janus:
-        if shutil.which("janus") is None:
-            print("janus: not installed (Debian package `janus`); skipping the Janus comparison",
-                  file=sys.stderr)
-        else:
-            print("janus: installed, but driving it is not implemented here; see DESIGN.md "
-                  "for the figures measured by hand", file=sys.stderr)
     variant, *others = h.variants(args.loop, args.baseline)
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     rows: list[Row] = []
-    for backend, v in [("vio", variant), *(("vio", o) for o in others), ("relay", variant)]:
-        rows += await run_backend(backend, kinds, plan, v)
-    report(rows, plan, args.loop, started, machine)
+    ran: list[str] = []
+    with janus_namespace("janus" in backends) as ns:
+        for backend in backends:
+            if backend == "janus":
+                if ns is None:
+                    continue
+                setups = [janus_setup(ns, caps)]
+            elif backend == "vio":
+                setups = [aiortc_setup("vio", v, caps) for v in (variant, *others)]
+            else:
+                setups = [aiortc_setup("relay", variant, caps)]
+            for setup in setups:
+                rows += await run_backend(setup, kinds, plan)
+            ran.append(backend)
+    report(rows, plan, args.loop, started, machine, caps, ran)
     return 0
 
 

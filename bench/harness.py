@@ -352,6 +352,9 @@ class VioBackend:
         await self.router.remove_participant(pid)
 
     def sent(self) -> tuple[int, int]:
+        if hasattr(self.router, "packets_sent"):  # RTP-level forwarding: the legs count
+            packets_sent: tuple[int, int] = self.router.packets_sent()
+            return packets_sent
         return _sent(s for p in self.router._participants.values() for s in p.pc.getSenders())
 
     def forwarded(self) -> dict[str, list[str]]:
@@ -473,6 +476,8 @@ async def server_main(config: dict[str, Any]) -> None:
 # --- the peers child ---------------------------------------------------------------------------
 
 VIDEO_FPS = 15
+VIDEO_TARGET_KBPS = 500
+"""The VP8 encoder's target bitrate for the clips (what they spend depends on the frame rate)."""
 CLIP_FRAMES = 150
 """Ten seconds of video: the clip loops, restarting at its keyframe (also on a PLI)."""
 AUDIO_FRAMES = 50
@@ -493,8 +498,8 @@ class CameraTrack(CounterVideoTrack):
     WIDE = {(320, 240): 64, (640, 360): 12}
     """Of 256 byte values, how many map to +-2 (the rest to -1, 0, +1): tuned per size."""
 
-    def __init__(self, width: int = 320, height: int = 240) -> None:
-        super().__init__(width, height, VIDEO_FPS)
+    def __init__(self, width: int = 320, height: int = 240, fps: int = VIDEO_FPS) -> None:
+        super().__init__(width, height, fps)
         wide = self.WIDE.get((width, height), 64 * 320 * 240 // (width * height))
         table = bytes((126 if b % 2 else 130) if b < wide else 127 + b % 3 for b in range(256))
         rnd = random.Random(f"{width}x{height}")
@@ -510,21 +515,25 @@ class CameraTrack(CounterVideoTrack):
         return frame
 
 
-def vp8_clip(width: int, height: int, frames: int = CLIP_FRAMES) -> list[bytes]:
+def vp8_clip(width: int, height: int, frames: int = CLIP_FRAMES, *, fps: int = VIDEO_FPS,
+             kbps: int = VIDEO_TARGET_KBPS) -> list[bytes]:
     """``frames`` of :class:`CameraTrack`, encoded with aiortc's VP8 settings; one keyframe.
 
-    Only the first frame is a keyframe, so the clip can restart there at any time.
+    Only the first frame is a keyframe, so the clip can restart there at any time. ``kbps`` is
+    the encoder's target: at 640x360 the clip spends ~300 kbit/s of 500 at 15 fps and ~475 of
+    500 at 30 fps.
     """
-    camera = CameraTrack(width, height)
+    camera = CameraTrack(width, height, fps)
+    rate = str(kbps * 1000)
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
-    codec.framerate = fractions.Fraction(VIDEO_FPS)
-    codec.time_base = fractions.Fraction(1, VIDEO_FPS)
-    codec.bit_rate = 500_000
+    codec.framerate = fractions.Fraction(fps)
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.bit_rate = kbps * 1000
     codec.gop_size = frames + 1
     codec.qmin, codec.qmax = 2, 56
-    codec.options = {"bufsize": "500000", "cpu-used": "-6", "deadline": "realtime",
-                     "lag-in-frames": "0", "minrate": "500000", "maxrate": "500000",
+    codec.options = {"bufsize": rate, "cpu-used": "-6", "deadline": "realtime",
+                     "lag-in-frames": "0", "minrate": rate, "maxrate": rate,
                      "noise-sensitivity": "4", "overshoot-pct": "15", "partitions": "0",
                      "static-thresh": "1", "undershoot-pct": "100"}
     clip: list[bytes] = []
@@ -552,17 +561,21 @@ def opus_clip(frames: int = AUDIO_FRAMES) -> list[bytes]:
 class Clips:
     """This process's clips, encoded once, when first published."""
 
-    def __init__(self, video_size: str) -> None:
+    def __init__(self, video_size: str, fps: int = VIDEO_FPS,
+                 kbps: int = VIDEO_TARGET_KBPS) -> None:
         self.width, self.height = (int(x) for x in video_size.split("x"))
+        self.fps = fps
+        self.kbps = kbps
         self._clips: dict[str, list[bytes]] = {}
 
     def track(self, kind: str) -> ClipTrack:
         if kind not in self._clips:
-            self._clips[kind] = (vp8_clip(self.width, self.height) if kind == "video"
+            self._clips[kind] = (vp8_clip(self.width, self.height, fps=self.fps,
+                                          kbps=self.kbps) if kind == "video"
                                  else opus_clip())
         if kind == "video":
-            return ClipTrack(kind, self._clips[kind], ticks=90000 // VIDEO_FPS,
-                             period=1 / VIDEO_FPS)
+            return ClipTrack(kind, self._clips[kind], ticks=90000 // self.fps,
+                             period=1 / self.fps)
         return ClipTrack(kind, self._clips[kind], ticks=960, period=0.02)
 
 
@@ -771,7 +784,8 @@ async def peers_main(config: dict[str, Any]) -> None:
     receive = str(config.get("receive", "decode"))
     failures = DecodeFailures()
     logging.getLogger("aiortc.rtcrtpreceiver").addHandler(failures)
-    clips = Clips(str(config.get("video_size", "320x240")))
+    clips = Clips(str(config.get("video_size", "320x240")), fps=int(config.get("fps", VIDEO_FPS)),
+                  kbps=int(config.get("kbps", VIDEO_TARGET_KBPS)))
     port = int(config["port"])
     peers: dict[str, Peer] = {}
 
