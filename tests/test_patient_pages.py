@@ -241,3 +241,18 @@ async def test_unusable_invites_have_a_headline_and_a_next_step(client, db, demo
         assert f'data-code="{code}"' in page.text
         assert "substance" not in page.text.lower()
     assert (await member(db)) is not None
+
+
+async def test_with_nothing_open_the_home_page_leads_with_when_the_next_one_opens(
+        client, db, demo, settings, clock):
+    await _sign_in(client, db, settings, clock, "Marcus Lee")
+    group = await _group_session(db)
+    group.starts_at = clock.now() + timedelta(hours=3)
+    await db.commit()
+    page = client.get("/me").text
+    family_start = (await family_session(db)).starts_at
+    opens = (family_start - EARLY).astimezone(ZoneInfo(ZONE))
+    assert f'id="next-cue">Opens at {opens.strftime("%-I:%M %p")} CST<' in page
+    assert 'id="join-now"' not in page and "/room" not in page
+    assert "Also coming up" in page
+    assert f'data-session-id="{group.id}"' in page.split("Also coming up")[1]

@@ -44,8 +44,7 @@
       proceed();
       return;
     }
-    countdown.textContent = `Opens in ${inWords(left)}. Keep this page open: fill in your `
-      + 'name and accept the terms below, and it will let you in by itself when the session opens.';
+    countdown.textContent = `Opens in ${inWords(left)}.`;
     countdown.dataset.secondsLeft = String(left);
   };
 
