@@ -47,9 +47,15 @@ lint: $(VENV)/.test
 types: $(VENV)/.test
 	$(BIN)/mypy vio
 
-## make bench: the benchmarks' quick runs (see docs/benchmarks.md for full runs)
-bench: $(VENV)/.test
-	$(BIN)/python bench/forwarding.py --quick
+$(VENV)/.bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.test $(VENV)/.runtime
+
+## make bench: the benchmarks' quick runs (see docs/benchmarks.md for full runs); the forwarding
+## run compares Janus (Debian's janus, installed here when missing) in a network namespace
+bench: $(VENV)/.bench
+	dpkg -s janus >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y janus)
+	$(BIN)/python bench/forwarding.py --quick --janus
 	$(BIN)/python bench/room.py --quick
 	$(BIN)/python bench/signaling.py --quick
 	$(BIN)/python bench/attendance.py --quick

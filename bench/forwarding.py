@@ -211,6 +211,11 @@ def increments(rows: list[Row]) -> list[Increment]:
     return found
 
 
+def _ratio(a: float, b: float) -> float:
+    """``a / b``, or NaN when ``b`` is not positive (an increment lost in the noise)."""
+    return a / b if b > 0 else float("nan")
+
+
 def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
            caps: Caps, backends: list[str]) -> None:
     print(f"# Forwarding cost, 1 publisher -> K subscribers: {', '.join(backends)}")
@@ -251,11 +256,10 @@ def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
         for other in ("janus", "relay"):
             for kind in ("video", "audio"):
                 mine, theirs = by_leg.get(("vio", kind)), by_leg.get((other, kind))
-                if mine is None or theirs is None or theirs.cpu_per_leg <= 0:
-                    continue
-                print(f"ratio vio/{other} {kind} per leg: "
-                      f"{mine.cpu_per_leg / theirs.cpu_per_leg:.2f}, per packet: "
-                      f"{mine.us_per_packet / theirs.us_per_packet:.2f}")
+                if mine is not None and theirs is not None:
+                    print(f"ratio vio/{other} {kind} per leg: "
+                          f"{_ratio(mine.cpu_per_leg, theirs.cpu_per_leg):.2f}, per packet: "
+                          f"{_ratio(mine.us_per_packet, theirs.us_per_packet):.2f}")
     baseline = [r for r in rows if r.backend == "vio baseline"]
     if baseline:
         print("\n## vio CPU per packet / the baseline's, side by side")
