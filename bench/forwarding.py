@@ -1,24 +1,34 @@
-"""Forwarding cost: vio's passthrough ``MediaRouter`` against aiortc's ``MediaRelay``.
+"""Forwarding cost: vio's ``MediaRouter`` against a minimal passthrough, MediaRelay and Janus.
 
 One publisher sends one track to the server and K subscribers receive it: K forwarded
-streams. Video is a clip at the publish caps (640x360, 15 fps, VP8 at ~300 kbit/s, a frame
-counter drawn in), audio a tone in 20 ms Opus packets; the two are measured separately. The
-server, the publisher and the subscribers run in separate processes on 127.0.0.1. Over a
-measuring window the server reports its own CPU time and the RTP packets it sent; the
-subscribers count the frames that actually arrived (video decoded through aiortc's whole
-receive path and its frame counter read back, audio counted as reassembled Opus frames).
+streams. Video is a clip at the publish caps (640x360, 15 fps by default, VP8 with a frame
+counter drawn in, ~300 kbit/s; ``--fps``/``--kbps`` change it, for every backend alike), audio
+a tone in 20 ms Opus packets; the two are measured separately. The server, the publisher and
+the subscribers run in separate processes. Over a measuring window the server reports its own
+CPU time and the RTP packets it sent; the subscribers count the frames that actually arrived
+(video decoded through aiortc's whole receive path and its frame counter read back, audio
+counted as reassembled Opus frames).
 
-Both backends run in the same invocation, one after the other on the same machine:
+The backends (``--backends``, default ``vio,relay``) run in the same invocation, one after the
+other on the same machine:
 
 * ``vio``: a ``MediaRouter`` (the publisher joins as the therapist, so its video always goes
-  to everyone), forwarding encoded frames without decoding them;
+  to everyone), forwarding without decoding;
+* ``passthrough``: a minimal aiortc server that forwards the publisher's reassembled frames
+  undecoded to each subscriber (``bench/harness.py``, ``PassthroughBackend``);
 * ``relay``: a minimal aiortc server relaying with ``MediaRelay``, which decodes the
-  publisher's track once and encodes it again for every receiver.
+  publisher's track once and encodes it again for every receiver;
+* ``janus`` (``--janus``): Janus 1.1 VideoRoom, Debian's native C SFU, with the same publisher
+  and subscribers, all inside a network namespace of the run's own (``bench/janus.py``). With
+  it the default publish rate is 30 fps (~475 kbit/s), as Janus is usually measured.
 
-The ratio printed last is MediaRelay's CPU per stream over vio's, per kind and K.
+Printed: every window; MediaRelay's CPU per stream over vio's; the cost of each added
+subscriber from the smallest K to the largest (CPU % of a core per leg and µs per packet and
+leg), and vio's over each other backend's.
 
     .venv/bin/python bench/forwarding.py            # K = 1, 2, 4, 8, 16; about 3 minutes
     .venv/bin/python bench/forwarding.py --quick    # K = 1, 2; under a minute
+    .venv/bin/python bench/forwarding.py --janus --backends vio,passthrough   # 30 fps
 """
 
 from __future__ import annotations
@@ -253,7 +263,7 @@ def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
                       [[i.backend, i.kind, f"{i.k_from}->{i.k_to}", i.cpu_per_leg,
                         i.packets_per_leg, i.us_per_packet] for i in steps]))
         by_leg = {(i.backend, i.kind): i for i in steps}
-        for other in ("janus", "relay"):
+        for other in ("janus", "passthrough", "relay"):
             for kind in ("video", "audio"):
                 mine, theirs = by_leg.get(("vio", kind)), by_leg.get((other, kind))
                 if mine is not None and theirs is not None:
@@ -298,7 +308,8 @@ async def main() -> int:
                         help="also run vio from the vio package in DIR (e.g. an older commit's, "
                              "from `git archive`), right after this checkout's")
     parser.add_argument("--backends", default="vio,relay",
-                        help="which of vio, relay, janus to run, in order (default vio,relay)")
+                        help="which of vio, passthrough, relay, janus to run, in order "
+                             "(default vio,relay)")
     parser.add_argument("--janus", action="store_true",
                         help="also run Janus VideoRoom (Debian's janus, in a network namespace); "
                              f"publishes {JANUS_FPS} fps unless --fps says otherwise")
@@ -315,7 +326,7 @@ async def main() -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if args.janus and "janus" not in backends:
         backends.insert(1, "janus")
-    if unknown := set(backends) - {"vio", "relay", "janus"}:
+    if unknown := set(backends) - {"vio", "relay", "passthrough", "janus"}:
         parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
     caps = Caps(fps=args.fps or (JANUS_FPS if "janus" in backends else h.VIDEO_FPS),
                 kbps=args.kbps)
@@ -336,7 +347,7 @@ async def main() -> int:
             elif backend == "vio":
                 setups = [aiortc_setup("vio", v, caps) for v in (variant, *others)]
             else:
-                setups = [aiortc_setup("relay", variant, caps)]
+                setups = [aiortc_setup(backend, variant, caps)]
             for setup in setups:
                 rows += await run_backend(setup, kinds, plan)
             ran.append(backend)

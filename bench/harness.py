@@ -416,10 +416,118 @@ class RelayBackend:
         await asyncio.gather(*(pc.close() for pc in self.pcs.values()), return_exceptions=True)
 
 
+PASSTHROUGH_QUEUE = 64
+"""Frames a minimal passthrough leg holds before it drops until the next keyframe."""
+
+
+class FanOutLeg(MediaStreamTrack):
+    """One subscriber's copy of a publisher's encoded frames: a bounded queue that starts at a
+    keyframe (and starts again at one after an overflow); its first read asks for one."""
+
+    def __init__(self, kind: str, request_keyframe: Callable[[], None]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.request_keyframe = request_keyframe
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(PASSTHROUGH_QUEUE)
+        self._waiting = kind == "video"
+        self._started = False
+
+    def push(self, packet: Any) -> None:
+        if self._waiting and not packet.is_keyframe:
+            return
+        self._waiting = False
+        try:
+            self._queue.put_nowait(packet)
+        except asyncio.QueueFull:
+            self._waiting = self.kind == "video"
+            if self._waiting:
+                self.request_keyframe()
+
+    async def recv(self) -> Any:
+        if not self._started:
+            self._started = True
+            self.request_keyframe()
+        return await self._queue.get()
+
+
+class PassthroughBackend(RelayBackend):
+    """A minimal frame-passthrough SFU on plain aiortc, next to vio's for comparison.
+
+    The publisher's receivers hand their reassembled frames over undecoded
+    (``PassthroughDecoder`` in place of aiortc's decoder, still on aiortc's decoder thread);
+    one task per track copies each frame to every subscriber's :class:`FanOutLeg`, whose
+    sender packs it without encoding (``PassthroughPacker``). A subscriber gets only the
+    publisher's tracks, as with Janus and ``relay``.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        count_without_decoding({"audio", "video"})
+        send_pre_encoded()
+        self.legs: dict[str, set[FanOutLeg]] = {"audio": set(), "video": set()}
+        self.receivers: dict[str, Any] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.relay = self  # type: ignore[assignment]  # RelayBackend.join calls subscribe()
+
+    def subscribe(self, track: MediaStreamTrack) -> FanOutLeg:
+        leg = FanOutLeg(track.kind, lambda kind=track.kind: self._pli(kind))
+        self.legs[track.kind].add(leg)
+        return leg
+
+    async def join(self, pid: str, msg: dict[str, Any], send: Send) -> None:
+        await super().join(pid, msg, send)
+        if msg.get("publish"):
+            pc = self.pcs[pid]
+
+            @pc.on("track")
+            def on_track(track: MediaStreamTrack) -> None:
+                receiver = next(t.receiver for t in pc.getTransceivers()
+                                if t.receiver.track is track)
+                self.receivers[track.kind] = receiver
+                task = asyncio.ensure_future(self._fan_out(track))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        else:
+            for transceiver in self.pcs[pid].getTransceivers():
+                leg = transceiver.sender.track
+                if isinstance(leg, FanOutLeg):
+                    transceiver.sender._send_keyframe = leg.request_keyframe  # type: ignore[method-assign]
+
+    async def _fan_out(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                packet = await track.recv()
+                for leg in list(self.legs[track.kind]):
+                    leg.push(packet)
+
+    def _pli(self, kind: str) -> None:
+        receiver = self.receivers.get(kind)
+        if kind != "video" or receiver is None:
+            return
+        for source in receiver.getSynchronizationSources():
+            task = asyncio.ensure_future(receiver._send_rtcp_pli(source.source))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def leave(self, pid: str) -> None:
+        pc = self.pcs.get(pid)
+        if pc is not None:
+            for transceiver in pc.getTransceivers():
+                for legs in self.legs.values():
+                    legs.discard(transceiver.sender.track)  # type: ignore[arg-type]
+        await super().leave(pid)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await super().close()
+
+
 async def server_main(config: dict[str, Any]) -> None:
     loopback_only()
-    backend: VioBackend | RelayBackend = (
-        VioBackend(config) if config["backend"] == "vio" else RelayBackend(config))
+    backends: dict[str, type[VioBackend | RelayBackend]] = {
+        "vio": VioBackend, "relay": RelayBackend, "passthrough": PassthroughBackend}
+    backend = backends[config["backend"]](config)
     connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
