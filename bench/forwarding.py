@@ -36,7 +36,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -221,6 +223,18 @@ def increments(rows: list[Row]) -> list[Increment]:
     return found
 
 
+def _changes() -> str:
+    """Says so when this checkout's ``vio`` has uncommitted changes (they were measured too)."""
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "vio"],
+                                 capture_output=True, text=True, check=True,
+                                 cwd=h.SCRIPT.parent).stdout.split("\n")
+        count = sum(1 for line in changed if line.strip())
+        if count:
+            return f" plus uncommitted changes to {count} files in vio/"
+    return ""
+
+
 def _ratio(a: float, b: float) -> float:
     """``a / b``, or NaN when ``b`` is not positive (an increment lost in the noise)."""
     return a / b if b > 0 else float("nan")
@@ -230,7 +244,7 @@ def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
            caps: Caps, backends: list[str]) -> None:
     print(f"# Forwarding cost, 1 publisher -> K subscribers: {', '.join(backends)}")
     print(f"machine: {machine}")
-    print(f"commit: {h.git_head()}; date: {time.strftime('%Y-%m-%d %H:%M %Z')}; "
+    print(f"commit: {h.git_head()}{_changes()}; date: {time.strftime('%Y-%m-%d %H:%M %Z')}; "
           f"server loop: {loop}; window {plan.window_s:g} s "
           f"after {plan.warmup_s:g} s warm-up")
     print(f"media: video {caps.size} {caps.fps} fps VP8 (counter + chroma noise, encoder "
@@ -263,13 +277,14 @@ def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
                       [[i.backend, i.kind, f"{i.k_from}->{i.k_to}", i.cpu_per_leg,
                         i.packets_per_leg, i.us_per_packet] for i in steps]))
         by_leg = {(i.backend, i.kind): i for i in steps}
-        for other in ("janus", "passthrough", "relay"):
-            for kind in ("video", "audio"):
-                mine, theirs = by_leg.get(("vio", kind)), by_leg.get((other, kind))
-                if mine is not None and theirs is not None:
-                    print(f"ratio vio/{other} {kind} per leg: "
-                          f"{_ratio(mine.cpu_per_leg, theirs.cpu_per_leg):.2f}, per packet: "
-                          f"{_ratio(mine.us_per_packet, theirs.us_per_packet):.2f}")
+        ours = [b for b in dict.fromkeys(i.backend for i in steps) if b.startswith("vio")]
+        for vio, other, kind in itertools.product(ours, ("janus", "passthrough", "relay"),
+                                                  ("video", "audio")):
+            mine, theirs = by_leg.get((vio, kind)), by_leg.get((other, kind))
+            if mine is not None and theirs is not None:
+                print(f"ratio {vio}/{other} {kind} per leg: "
+                      f"{_ratio(mine.cpu_per_leg, theirs.cpu_per_leg):.2f}, per packet: "
+                      f"{_ratio(mine.us_per_packet, theirs.us_per_packet):.2f}")
     baseline = [r for r in rows if r.backend == "vio baseline"]
     if baseline:
         print("\n## vio CPU per packet / the baseline's, side by side")
