@@ -51,19 +51,26 @@ CASES: dict[str, list[Remb | Loss | Decide]] = {
     "an estimate that covers every video pauses none": [
         Remb(0, 2_000_000), Loss(0, 0.0), Decide(0.5, NONE)],
     "no feedback at all pauses none": [Decide(0, NONE), Decide(10, NONE)],
-    "an estimate below what three need pauses the least important": [
-        Remb(0, 500_000), Decide(0.1, LAST)],
-    "a low estimate keeps only the therapist": [Remb(0, 250_000), Decide(0.1, PATIENTS)],
-    "an estimate below one video pauses the therapist's too, last": [
-        Remb(0, 100_000), Decide(0.1, ALL)],
-    "an estimate within the pause ratio of the need pauses none": [
-        Remb(0, 800_000), Decide(0.1, NONE)],
+    "an estimate falling below what three need pauses the least important": [
+        Remb(0, 1_000_000), Remb(0.5, 500_000), Decide(0.6, LAST)],
+    "a low falling estimate keeps only the therapist": [
+        Remb(0, 1_000_000), Remb(0.5, 250_000), Decide(0.6, PATIENTS)],
+    "an estimate falling below one video pauses the therapist's too, last": [
+        Remb(0, 1_000_000), Remb(0.5, 100_000), Decide(0.6, ALL)],
+    "an estimate falling within the pause ratio of the need pauses none": [
+        Remb(0, 1_000_000), Remb(0.5, 800_000), Decide(0.6, NONE)],
+    "a low estimate that is not falling pauses none (it rises after a resume)": [
+        Remb(0, 100_000), Decide(0.1, NONE), Remb(0.5, 150_000), Decide(0.6, NONE),
+        Remb(1, 150_000), Decide(1.1, NONE)],
     "aiortc's one REMB per stream adds up": [
-        Remb(0, 200_000, (11,)), Remb(0, 200_000, (12,)), Remb(0, 200_000, (13,)),
-        Decide(0.1, LAST)],
+        *[Remb(0, 300_000, (ssrc,)) for ssrc in SSRCS], Decide(0.1, NONE),
+        *[Remb(0.5, 200_000, (ssrc,)) for ssrc in SSRCS], Decide(0.6, LAST)],
     "Chromium's one REMB for all streams is shared, not counted thrice": [
         Remb(0, 900_000), Decide(0.1, NONE), Remb(1, 600_000), Decide(1.1, LAST)],
-    "an old estimate is forgotten": [Remb(0, 100_000), Decide(RULES.report_max_age_s + 1, NONE)],
+    "a REMB for another set of streams is not a fall": [
+        Remb(0, 900_000), Remb(0.5, 500_000, (11, 12)), Decide(0.6, NONE)],
+    "an old estimate is forgotten": [
+        Remb(0, 1_000_000), Remb(0.1, 100_000), Decide(RULES.report_max_age_s + 1, NONE)],
     "loss pauses one video at a time, each judged after it settles": [
         Loss(0, 0.2), Decide(0.1, LAST),
         Loss(0.5, 0.2), Decide(0.6, LAST),
@@ -86,19 +93,20 @@ CASES: dict[str, list[Remb | Loss | Decide]] = {
         Loss(0, 0.3), Decide(0, LAST),
         *[step for t in range(2, 30, 1) for step in (Loss(t, 0.05), Decide(t + 0.1, LAST))]],
     "resumes happen one at a time, from the most important": [
-        Remb(0, 100_000), Decide(0, ALL),
+        Remb(0, 1_000_000), Remb(0, 100_000), Decide(0, ALL),
         Decide(RULES.report_max_age_s + 0.5, ALL),
         Decide(RULES.report_max_age_s + 0.5 + RULES.resume_hold_s, PATIENTS),
         Decide(RULES.report_max_age_s + 0.5 + 2 * RULES.resume_hold_s + 0.1, LAST),
         Decide(RULES.report_max_age_s + 0.5 + 3 * RULES.resume_hold_s + 0.2, NONE)],
-    "a fresh estimate that cannot carry one more keeps it paused": [
-        Remb(0, 400_000, (11, 12)), Decide(0, PATIENTS),
+    "a falling estimate holds back resumes": [
+        Remb(0, 1_000_000, (11, 12)), Remb(0, 250_000, (11, 12)), Decide(0, PATIENTS),
         *[step for t in range(1, 40) for step in (
-            Remb(t, 400_000, (11,)), Loss(t, 0.0), Decide(t + 0.1, PATIENTS))]],
-    "a fresh estimate that can carry one more resumes it": [
-        Remb(0, 400_000, (11, 12)), Decide(0, PATIENTS),
-        *[step for t in range(1, 5) for step in (Remb(t, 700_000, (11,)), Decide(t, PATIENTS))],
-        Remb(5, 700_000, (11,)), Decide(5, LAST)],
+            Remb(t, 250_000 - 100 * t, (11,)), Loss(t, 0.0), Decide(t + 0.1, PATIENTS))]],
+    "a steady or rising estimate lets one more be tried once the fall is forgotten": [
+        Remb(0, 1_000_000, (11, 12)), Remb(0, 250_000, (11, 12)), Decide(0, PATIENTS),
+        *[step for t in range(1, 8) for step in (
+            Remb(t, 250_000 + 10_000 * t, (11,)), Decide(t, PATIENTS))],
+        Remb(8, 330_000, (11,)), Decide(8, LAST)],
     "a failed resume doubles the hold": [
         Loss(0, 0.3), Decide(0, LAST),
         Decide(1, LAST), Decide(1 + RULES.resume_hold_s, NONE),
@@ -147,7 +155,9 @@ def test_hold_doubles_up_to_its_cap_and_resets_after_a_resume_that_lasts() -> No
 
 def test_a_newcomer_beyond_the_limit_stays_paused_and_a_new_speaker_displaces_the_last() -> None:
     link = ReceiverLink(RULES)
+    link.note_remb(0, 1_000_000, SSRCS)
     link.note_remb(0, 500_000, SSRCS)
+    assert link.falling(0)
     assert link.decide(0, GROUP) == LAST
     dan = VideoNeed("dan", 300_000)
     assert link.decide(0.2, (*GROUP, dan)) == paused("ben", "dan")
@@ -166,7 +176,7 @@ def test_feedback_out_of_range_is_ignored() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"pause_ratio": 0}, {"resume_ratio": -1}, {"loss_pause": 0.01, "loss_resume": 0.02},
+    {"pause_ratio": 0}, {"loss_pause": 0.01, "loss_resume": 0.02},
     {"loss_pause": 1.5}, {"settle_s": -1}, {"resume_hold_s": 0},
     {"resume_hold_s": 10, "resume_hold_max_s": 5}, {"report_max_age_s": 0},
 ])

@@ -96,10 +96,12 @@ class BotResult:
     ended: bool = False
     reconnects: int = 0
     remote: dict[str, RemoteStats] = field(default_factory=dict)
+    video_paused: list[str] = field(default_factory=list)
+    """Whose video the server holds back now because this connection cannot carry it."""
 
     def summary(self) -> dict[str, Any]:
         return {"admitted": self.admitted, "refusal": self.refusal,
-                "reconnects": self.reconnects,
+                "reconnects": self.reconnects, "video_paused": self.video_paused,
                 "remote": [r.summary() for r in self.remote.values()]}
 
 
@@ -344,6 +346,9 @@ class Bot:
             await self._answer(msg["sdp"], msg["tracks"])
         elif kind == "waiting-list" and self.admit_all and msg["waiting"]:
             await self.send({"type": "admit-all"})
+        elif kind == "video-paused":
+            self.result.video_paused = list(msg["participant_ids"])
+            log.info("%d videos paused (%s)", len(self.result.video_paused), msg["reason"])
         elif kind == "refused":
             self.result.refusal = msg["code"]
         elif kind == "ended":

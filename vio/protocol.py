@@ -49,7 +49,7 @@ SERVER_MESSAGES = (
     "welcome", "waiting", "offer", "participant-joined", "participant-left", "waiting-list",
     "speaking", "media-state", "moderated", "chat", "time", "warning", "pong", "error",
     "refused", "ended", "room-state", "safety-card", "side-room", "side-room-state",
-    "join-refused", "roster",
+    "join-refused", "roster", "video-paused",
 )
 
 MODERATOR_MESSAGES = frozenset({

@@ -7,8 +7,10 @@ server's senders on its connection:
   bitrate it can take, listing the SSRCs it covers. Chromium sends one estimate for all its
   video streams, aiortc one per stream; each SSRC is credited with an equal share of the
   estimate that lists it, and the receiver's estimate is the sum of the shares reported in the
-  last ``report_max_age_s``. A receiver gets no video at all sends no REMB; then there is no
-  estimate.
+  last ``report_max_age_s``. A receiver that gets no video at all sends no REMB; then there is
+  no estimate. The estimate is *falling* while the latest REMB for some set of SSRCs is lower
+  than the one before it for the same set: a receive-side estimator lowers its estimate only
+  when it sees the link overused (its rate control holds or raises it otherwise).
 * **Receiver reports**: the fraction of packets lost since the last report, per SSRC, on every
   stream it receives, audio included (so loss is still seen when REMB is slow to fall or
   absent). The receiver's loss is the highest fraction reported by a report that reached the
@@ -20,22 +22,27 @@ order of importance (the router puts the therapists first, then speakers by rece
 what each needs (its measured bitrate), decides how many of them, from the front, it
 forwards; the rest are paused. It pauses at once, from the back:
 
-* as many as it takes for what the others need, times ``pause_ratio``, to be within the
-  estimate;
+* while the estimate is falling, as many as it takes for what the others need, times
+  ``pause_ratio``, to be within the estimate;
 * one more (that needs any bitrate) when the loss is ``loss_pause`` or more.
 
 It resumes one video at a time, from the front of those paused, once the link has looked
-healthy for the current hold: loss at most ``loss_resume`` and, when there is an estimate,
-the estimate covering ``resume_ratio`` times what the videos need with the extra one. With no
-estimate (every video paused) the resume is a probe. A resume followed by a pause within
-``probe_s`` failed: the hold doubles, up to ``resume_hold_max_s``; one that lasts resets the
-hold to ``resume_hold_s``. No I/O, no clock of its own: every call is given ``now``.
+healthy for the current hold: loss at most ``loss_resume`` and the estimate not falling.
+Every resume is a probe, judged by the loss and the estimate that follow it. The estimate
+cannot say beforehand that a paused video fits: a receive-side estimator's rate control
+keeps its estimate within 1.5 times the bitrate arriving (plus 10 kbit/s), it raises it by
+about 8 % a second, and it sends none for a stream that is paused. Right after a resume it
+still reports what it had settled at when the link was bad, which is why only a falling
+estimate pauses. A resume followed by a pause within ``probe_s`` failed: the hold doubles,
+up to ``resume_hold_max_s``; one that lasts resets the hold to ``resume_hold_s``. No I/O, no
+clock of its own: every call is given ``now``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["BandwidthRules", "ReceiverLink", "VideoNeed"]
 
@@ -48,9 +55,7 @@ class BandwidthRules:
     """
 
     pause_ratio: float = 0.8
-    """Pause while the estimate is below this share of what the forwarded videos need."""
-    resume_ratio: float = 1.0
-    """Resume only while the estimate covers this multiple of what they would need."""
+    """Pause while a falling estimate is below this share of what the forwarded videos need."""
     loss_pause: float = 0.1
     """A reported loss of this fraction or more pauses one more video."""
     loss_resume: float = 0.02
@@ -67,9 +72,8 @@ class BandwidthRules:
     """REMB and receiver reports older than this are forgotten."""
 
     def __post_init__(self) -> None:
-        for name in ("pause_ratio", "resume_ratio"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"BandwidthRules.{name} must be positive")
+        if self.pause_ratio <= 0:
+            raise ValueError("BandwidthRules.pause_ratio must be positive")
         if not 0 <= self.loss_resume < self.loss_pause <= 1:
             raise ValueError("BandwidthRules needs 0 <= loss_resume < loss_pause <= 1")
         for name in ("settle_s", "probe_s"):
@@ -94,6 +98,7 @@ class VideoNeed:
 class _Report:
     at: float
     value: float
+    falling: bool = False
 
 
 class ReceiverLink:
@@ -102,6 +107,9 @@ class ReceiverLink:
     def __init__(self, rules: BandwidthRules | None = None) -> None:
         self.rules = rules or BandwidthRules()
         self._remb: dict[int, _Report] = {}
+        """Each SSRC's share of the latest REMB that covers it."""
+        self._remb_sets: dict[frozenset[int], _Report] = {}
+        """The latest REMB for each set of SSRCs, and whether it was lower than the one before."""
         self._loss: dict[int, _Report] = {}
         self._limit: int | None = None
         """How many videos, from the front, are forwarded; ``None``: all of them."""
@@ -120,6 +128,11 @@ class ReceiverLink:
         share = bitrate / len(covered)
         for ssrc in covered:
             self._remb[ssrc] = _Report(now, share)
+        key = frozenset(covered)
+        self._forget(self._remb_sets, now)
+        before = self._remb_sets.get(key)
+        self._remb_sets[key] = _Report(now, bitrate, before is not None
+                                       and bitrate < before.value)
 
     def note_loss(self, now: float, ssrc: int, fraction: float) -> None:
         """A receiver report said ``fraction`` (0 to 1) of ``ssrc``'s packets were lost."""
@@ -133,6 +146,11 @@ class ReceiverLink:
             return None
         return sum(report.value for report in self._remb.values())
 
+    def falling(self, now: float) -> bool:
+        """Whether the latest REMB for some set of SSRCs is lower than the one before."""
+        self._forget(self._remb_sets, now)
+        return any(report.falling for report in self._remb_sets.values())
+
     def loss(self, now: float) -> float | None:
         """The highest loss reported since the last change settled, or ``None``."""
         self._forget(self._loss, now)
@@ -140,7 +158,7 @@ class ReceiverLink:
         fractions = [r.value for r in self._loss.values() if r.at >= since]
         return max(fractions) if fractions else None
 
-    def _forget(self, reports: dict[int, _Report], now: float) -> None:
+    def _forget(self, reports: dict[Any, _Report], now: float) -> None:
         oldest = now - self.rules.report_max_age_s
         for ssrc in [s for s, r in reports.items() if r.at < oldest]:
             del reports[ssrc]
@@ -161,9 +179,10 @@ class ReceiverLink:
             self._resumed_at = None
             self._hold = rules.resume_hold_s
         estimate = self.estimate(now)
+        falling = estimate is not None and self.falling(now)
         loss = self.loss(now)
         keep = forwarded
-        if estimate is not None:
+        if estimate is not None and falling:
             while keep > 0 and _need(videos, keep) * rules.pause_ratio > estimate:
                 keep -= 1
         if keep == forwarded and loss is not None and loss >= rules.loss_pause:
@@ -176,7 +195,7 @@ class ReceiverLink:
         if keep < forwarded:
             self._pause(now, keep)
         elif forwarded < count:
-            self._maybe_resume(now, videos, forwarded, estimate, loss)
+            self._maybe_resume(now, videos, forwarded, falling, loss)
         else:
             self._limit = None
         forwarded = count if self._limit is None else min(self._limit, count)
@@ -192,12 +211,9 @@ class ReceiverLink:
         self._healthy_since = None
 
     def _maybe_resume(self, now: float, videos: Sequence[VideoNeed], forwarded: int,
-                      estimate: float | None, loss: float | None) -> None:
+                      falling: bool, loss: float | None) -> None:
         rules = self.rules
-        healthy = (loss is None or loss <= rules.loss_resume) and (
-            estimate is None or _need(videos, forwarded + 1) * rules.resume_ratio <= estimate
-        )
-        if not healthy:
+        if falling or (loss is not None and loss > rules.loss_resume):
             self._healthy_since = None
             return
         if self._healthy_since is None:

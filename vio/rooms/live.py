@@ -101,6 +101,7 @@ class LiveRoom:
         self._saved: dict[str, Any] | None = None
         media.on_speaking_changed = lambda ids: self.apply(room.speaking(ids))
         media.on_media_state_changed = self._media_state
+        media.on_video_paused = lambda pid, ids: self.apply(room.video_paused(pid, ids))
 
     @property
     def id(self) -> int:

@@ -614,6 +614,14 @@ class Room:
     def speaking(self, participant_ids: list[str]) -> list[Effect]:
         return [self._broadcast(message("speaking", participant_ids=participant_ids))]
 
+    def video_paused(self, participant_id: str, publisher_ids: list[str]) -> list[Effect]:
+        """The videos the participant's connection cannot carry now (all of them, or none)."""
+        participant = self.participants.get(participant_id)
+        if participant is None:
+            return []
+        return [self._to([participant], message("video-paused", participant_ids=publisher_ids,
+                                                reason="bandwidth"))]
+
     def media_arrived(self, participant_id: str, audio: bool, video: bool) -> list[Effect]:
         """What the server itself sees arriving: attendance evidence (audio-video or audio)."""
         participant = self.participants.get(participant_id)
