@@ -165,6 +165,7 @@ async def test_a_live_session_says_who_is_in_the_room_and_who_is_waiting(client,
     assert cells == {"in_room": "in the room now", "waiting": "waiting",
                      "not_here": "not here yet"}
     assert "<strong>absent</strong>" not in page and "Live now" in page
+    assert page.count("–now") == 2 and "min early" not in page  # still in: counted until now
     today = client.get("/staff").text
     row = re.search(rf'<tr data-session="{session.id}">(.*?)</tr>', today, re.S)
     assert row is not None

@@ -247,7 +247,7 @@ def ordered(events: Iterable[Event]) -> list[Event]:
     return sorted(events, key=lambda e: (e.at, e.id))
 
 
-def _read_log(events: Iterable[Event]) -> dict[str, _Person]:
+def _read_log(events: Iterable[Event], as_of: datetime | None = None) -> dict[str, _Person]:
     people: dict[str, _Person] = defaultdict(_Person)
     owner: dict[str, str] = {}  # connection -> person
     media: dict[str, tuple[bool, bool]] = {}
@@ -302,7 +302,7 @@ def _read_log(events: Iterable[Event]) -> dict[str, _Person]:
                 still_open.cut(event.at)
                 still_open.audio, still_open.video = state
     for connection, still_open in list(open_.items()):
-        close(connection, max(still_open.last_seen, still_open.admitted_at))
+        close(connection, max(as_of or still_open.last_seen, still_open.admitted_at))
     return people
 
 
@@ -472,14 +472,16 @@ def status_for(attended_seconds: int, scheduled_seconds: int,
 
 def attendance_by_person(events: Iterable[Event], window: SessionWindow,
                          present_threshold_percent: int,
-                         holds: Iterable[Hold] = ()) -> dict[str, PersonAttendance]:
+                         holds: Iterable[Hold] = (),
+                         as_of: datetime | None = None) -> dict[str, PersonAttendance]:
     """Each person's attendance at one session, keyed by their identity (``patient:3``);
-    ``holds`` are the therapists' holds of their media during it."""
+    ``holds`` are the therapists' holds of their media during it. ``as_of`` is for a session
+    still running: connections still in the room count until then (the log so far)."""
     events = list(events)
     window = window.extended_by(events)
     held = hold_intervals(events, holds)
     result: dict[str, PersonAttendance] = {}
-    for person, seen in sorted(_read_log(events).items()):
+    for person, seen in sorted(_read_log(events, as_of).items()):
         spans = _media_spans(seen.segments, window, held.get(person, ()))
         intervals = merge_intervals(AttendanceInterval(s.start, s.end) for s in spans)
         attended = total_seconds(intervals)

@@ -270,9 +270,13 @@ def _ended_at(events: Iterable[Event]) -> datetime | None:
 
 def _assemble(session: Session, events: list[Event], expected: set[int],
               reviews: list[AttendanceReview], threshold: int,
-              holds: Sequence[Hold] = ()) -> SessionAttendance:
+              holds: Sequence[Hold] = (), now: datetime | None = None) -> SessionAttendance:
     window = SessionWindow(session.starts_at, session.ends_at)
-    measured = attendance_by_person(events, window, threshold, holds)
+    running = (now is not None and _ended_at(events) is None
+               and session.status not in (SessionStatus.ENDED, SessionStatus.CANCELLED)
+               and now < window.extended_by(events).ends_at)
+    measured = attendance_by_person(events, window, threshold, holds,
+                                    as_of=now if running else None)
     window = window.extended_by(events)
     for patient_id in expected:
         person = patient_identity(patient_id)
@@ -289,20 +293,23 @@ def _assemble(session: Session, events: list[Event], expected: set[int],
 
 
 async def session_attendance(db: AsyncSession, sessions: Sequence[Session],
-                             present_threshold_percent: int) -> list[SessionAttendance]:
-    """Each session's attendance record, in the order the sessions were given."""
+                             present_threshold_percent: int,
+                             now: datetime | None = None) -> list[SessionAttendance]:
+    """Each session's attendance record, in the order the sessions were given; with ``now``,
+    a session still running counts the people in its room until now."""
     ids = [s.id for s in sessions]
     events = await load_events(db, ids)
     expected = await expected_patients(db, sessions)
     reviews = await load_reviews(db, ids)
     holds = await load_holds(db, sessions)
     return [_assemble(s, events.get(s.id, []), expected[s.id], reviews.get(s.id, []),
-                      present_threshold_percent, holds.get(s.id, [])) for s in sessions]
+                      present_threshold_percent, holds.get(s.id, []), now) for s in sessions]
 
 
-async def session_record(db: AsyncSession, session: Session,
-                         program: Program) -> SessionAttendance:
-    return (await session_attendance(db, [session], program.present_threshold_percent))[0]
+async def session_record(db: AsyncSession, session: Session, program: Program,
+                         now: datetime | None = None) -> SessionAttendance:
+    return (await session_attendance(db, [session], program.present_threshold_percent,
+                                     now))[0]
 
 
 async def program_sessions(db: AsyncSession, program_id: int, start: datetime, end: datetime,

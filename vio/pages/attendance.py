@@ -169,7 +169,7 @@ async def session_attendance_page(request: Request, db: AsyncSession, viewer: Vi
         return not_found(request, "There is no such session.")
     program = await _program(db, viewer)
     now = state(request).clock.now()
-    record = await records.session_record(db, session, program)
+    record = await records.session_record(db, session, program, now)
     error, status_code = None, 200
     if request.method == "POST":
         form = await checked_form(request)

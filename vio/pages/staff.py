@@ -101,7 +101,8 @@ async def today(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope
     assert viewer.staff is not None
     sessions = await clinic.sessions_for_staff(db, scope, start, end)
     # From the attendance log in the shared database: right whichever node holds the room.
-    found = await records.session_attendance(db, sessions, program.present_threshold_percent)
+    found = await records.session_attendance(db, sessions, program.present_threshold_percent,
+                                             now)
     return render(request, "staff/today.html", program=program, rows=found, now=now,
                   day=local_day, outcome=SessionOutcome, presence=Presence)
 
