@@ -20,11 +20,12 @@ from typing import Any
 import aioice.ice
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
-import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtp import RtpPacket
 
 from vio.media import (
     CounterVideoTrack,
@@ -39,7 +40,7 @@ from vio.media import (
     read_counter,
     rtc_configuration,
 )
-from vio.media.passthrough import ForwardedTrack, PacketSource
+from vio.media.rtp_forwarding import RtpSource, vp8_starts_keyframe
 
 SCALE = float(os.environ.get("VIO_TEST_TIMEOUT_SCALE", "1"))
 """Multiplies every wait in this module, for slow machines."""
@@ -247,19 +248,10 @@ async def test_four_participants_receive_each_other_without_server_transcoding(
                 assert counters == sorted(set(counters)), f"{pid}: {publisher} out of order"
         assert not [rec for rec in caplog.records if "failed to decode" in rec.getMessage()]
 
-        # Clients: 4 publishers x (VP8 + Opus) encoders, 4 x 3 x 2 decoders. Server: one
-        # passthrough decoder per published track and one passthrough packer per leg; no
-        # codec context of its own.
-        assert codecs_made["encoders"] == {
-            "Vp8Encoder": 4,
-            "OpusEncoder": 4,
-            "PassthroughPacker": 4 * 3 * 2,
-        }
-        assert codecs_made["decoders"] == {
-            "Vp8Decoder": 4 * 3,
-            "OpusDecoder": 4 * 3,
-            "PassthroughDecoder": 4 * 2,
-        }
+        # Clients: 4 publishers x (VP8 + Opus) encoders, 4 x 3 x 2 decoders. Server: none at
+        # all, not even a passthrough stand-in: packets are forwarded as they are.
+        assert codecs_made["encoders"] == {"Vp8Encoder": 4, "OpusEncoder": 4}
+        assert codecs_made["decoders"] == {"Vp8Decoder": 4 * 3, "OpusDecoder": 4 * 3}
 
         for client in r.clients.values():
             candidates = [
@@ -459,54 +451,52 @@ async def test_forwarding_switched_off_and_on_for_one_kind(loopback_only: None) 
             r.router.set_forwarding("ann", "screen", False)
 
 
-def _packet(pts: int, *, keyframe: bool) -> av.Packet[Any]:
-    packet: av.Packet[Any] = av.Packet(bytes([pts]))
-    packet.pts = pts
-    packet.is_keyframe = keyframe
-    return packet
+def _vp8_packets(count: int, *, keyframe_at: int) -> list[RtpPacket]:
+    """``count`` real VP8 frames of a counter video, one RTP packet each; one key frame."""
+    encoder = Vp8Encoder()
+    track = CounterVideoTrack(64, 48)
+    packets = []
+    for index in range(count):
+        payloads, timestamp = encoder.encode(
+            track.frame(index), force_keyframe=index == keyframe_at
+        )
+        packet = RtpPacket(payload_type=96, sequence_number=index, timestamp=timestamp)
+        packet.payload = payloads[0]
+        packets.append(packet)
+    return packets
 
 
 @pytest.mark.asyncio
-async def test_forwarded_leg_starts_at_a_keyframe_and_drops_to_the_next_on_overflow() -> None:
+async def test_keyframe_requests_are_throttled_and_a_keyframe_answers_them() -> None:
     requests: list[float] = []
-    source = PacketSource("video", send_keyframe_request=lambda: requests.append(time.monotonic()))
-    leg = ForwardedTrack(source, queue_size=3)
+    source = RtpSource("video", send_keyframe_request=lambda: requests.append(time.monotonic()))
+    first, *inter = _vp8_packets(4, keyframe_at=3)[1:]
+    keyframe = inter.pop()
+    assert not vp8_starts_keyframe(first.payload) and vp8_starts_keyframe(keyframe.payload)
 
-    source.put_nowait(_packet(0, keyframe=True))  # the leg has not started: not queued
-    first = asyncio.create_task(leg.recv())  # starting asks the publisher for a keyframe
-    await asyncio.sleep(0)
+    source.request_keyframe(new_leg=True)  # a leg starts: asked at once
     assert len(requests) == 1
-    source.put_nowait(_packet(1, keyframe=False))  # skipped while waiting for a keyframe
-    source.put_nowait(_packet(2, keyframe=True))
-    assert (await first).pts == 2
-
-    for pts in range(3, 7):  # the fourth overflows the queue of three
-        source.put_nowait(_packet(pts, keyframe=False))
-    assert leg.overflows == 1
-    source.put_nowait(_packet(7, keyframe=False))
-    source.put_nowait(_packet(8, keyframe=True))
-    assert (await leg.recv()).pts == 8
-    # The overflow's request fell inside the throttle interval and the keyframe made it moot.
+    source.request_keyframe()  # inside the throttle interval: deferred
+    source.add(first)
+    assert len(requests) == 1
+    assert source.add(keyframe) == (False, None)  # nothing for the decoder
+    # The deferred request was made moot by the keyframe.
     await asyncio.sleep(0.6)
     assert len(requests) == 1
+    assert source.last_packet_at > time.monotonic() - 1
 
     # A leg starting once the last request was answered asks at once; one starting while a
     # request is unanswered waits for that keyframe.
-    second, third = (ForwardedTrack(source, queue_size=3) for _ in range(2))
-    second_recv = asyncio.create_task(second.recv())
-    await asyncio.sleep(0)
+    source.request_keyframe(new_leg=True)
     assert len(requests) == 2
-    third_recv = asyncio.create_task(third.recv())
-    await asyncio.sleep(0)
+    source.request_keyframe(new_leg=True)
     assert len(requests) == 2
-    source.put_nowait(_packet(9, keyframe=True))
-    assert [(await second_recv).pts, (await third_recv).pts] == [9, 9]
-
+    source.request_keyframe()  # unanswered and inside the interval: deferred, then sent
+    await asyncio.sleep(0.6)
+    assert len(requests) == 3
     source.close()
-    for ended in (leg, second, third):
-        with pytest.raises(MediaStreamError):
-            await ended.recv()
-        assert ended.readyState == "ended"
+    source.request_keyframe(new_leg=True)
+    assert len(requests) == 3, "a closed source asks for nothing"
 
 
 def test_ice_configuration(loopback_only: None) -> None:

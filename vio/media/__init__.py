@@ -2,7 +2,8 @@
 
 See DESIGN.md, "Media facts". :class:`MediaRouter` is the room-facing API;
 :mod:`vio.media.ice` sets which addresses, ports and STUN/TURN servers ICE uses;
-:mod:`vio.media.passthrough` forwards encoded media without decoding it;
+:mod:`vio.media.rtp_forwarding` forwards each RTP packet to each leg with a rewritten header,
+never decoding it (:mod:`vio.media.passthrough`: what it shares with a frame passthrough);
 :mod:`vio.media.sdp` checks a participant's answer against the offer before it is applied;
 :mod:`vio.media.seams` is the one place that reaches into aiortc and aioice internals, and
 checks at import that they are still there;
@@ -21,19 +22,21 @@ from .ice import (
     rtc_configuration,
     use_port_range,
 )
-from .passthrough import ForwardedTrack, install_passthrough_hooks
+from .passthrough import install_passthrough_hooks
 from .router import MediaConfig, MediaRouter, MediaState, TrackInfo
+from .rtp_forwarding import RtpLeg, RtpSource
 from .sdp import check_answer
 from .synthetic import CounterVideoTrack, ToneAudioTrack, read_counter
 
 __all__ = [
     "CounterVideoTrack",
-    "ForwardedTrack",
     "MediaConfig",
     "MediaError",
     "MediaRouter",
     "MediaState",
     "PortRange",
+    "RtpLeg",
+    "RtpSource",
     "ToneAudioTrack",
     "TrackInfo",
     "announce_host_addresses",

@@ -2,9 +2,10 @@
 
 The server terminates each participant's WebRTC connection and always makes the offer: two
 receive-only transceivers for what the participant publishes (audio, video), then one
-send-only transceiver per track of every other participant. Media is forwarded without
-decoding (see :mod:`vio.media.passthrough`); video goes to each receiver only from the
-therapists and the most recent speakers (``max_video_forwarded``), audio from everyone.
+send-only transceiver per track of every other participant. Media is forwarded packet by
+packet without decoding (see :mod:`vio.media.rtp_forwarding`); video goes to each receiver
+only from the therapists and the most recent speakers (``max_video_forwarded``), audio from
+everyone.
 
 Negotiation is serialised per participant: at most one offer is outstanding per connection;
 changes made meanwhile (someone joins or leaves) are folded into the next offer, made once the
@@ -67,7 +68,8 @@ from . import seams
 from .bandwidth import BandwidthRules, ReceiverLink, VideoNeed
 from .errors import MediaError
 from .ice import offer_with_public_address, rtc_configuration
-from .passthrough import ForwardedTrack, PacketSource, attach_source, install_passthrough_hooks
+from .passthrough import install_passthrough_hooks
+from .rtp_forwarding import LegTrack, RtpLeg, RtpSource, attach_rtp_source
 from .sdp import check_answer
 
 __all__ = ["MediaConfig", "MediaError", "MediaRouter", "MediaState", "TrackInfo"]
@@ -88,8 +90,6 @@ class MediaConfig:
     """Behind 1:1 NAT, the public address offers show instead of the private one."""
     keep_private_address: bool = False
     """With ``public_address``, offer the private host candidates as well."""
-    queue_size: int = 32
-    """Frames buffered per forwarded leg before it drops to the next keyframe."""
     keyframe_throttle_s: float = 0.5
     """Least time between two keyframe requests to one publisher."""
     max_video_forwarded: int = 6
@@ -110,7 +110,7 @@ class MediaConfig:
     """A publisher's video bitrate (what forwarding it needs) is measured over this long."""
 
     def __post_init__(self) -> None:
-        for name in ("queue_size", "max_video_forwarded"):
+        for name in ("max_video_forwarded",):
             if getattr(self, name) < 1:
                 raise ValueError(f"MediaConfig.{name} must be at least 1")
         for name in ("keyframe_throttle_s", "speaker_hold_s", "media_timeout_s"):
@@ -155,7 +155,8 @@ class _Leg:
     publisher: str
     kind: str
     transceiver: RTCRtpTransceiver
-    track: ForwardedTrack
+    track: RtpLeg
+    """What forwards the publisher's packets through ``transceiver.sender``."""
 
 
 @dataclass(eq=False)
@@ -166,11 +167,10 @@ class _Participant:
     on_offer: OfferCallback
     stream_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     inbound: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
-    sources: dict[str, PacketSource] = field(default_factory=dict)
+    sources: dict[str, RtpSource] = field(default_factory=dict)
     outgoing: dict[tuple[str, str], _Leg] = field(default_factory=dict)
     retired: list[RTCRtpTransceiver] = field(default_factory=list)
     state: MediaState = MediaState()
-    last_loud: float = -float("inf")
     removed: bool = False
     needs_offer: bool = False
     offer: str | None = None
@@ -185,6 +185,11 @@ class _Participant:
     """Video payload bytes received from this participant so far."""
     video_samples: deque[tuple[float, int]] = field(default_factory=deque)
     video_bps: float = 0.0
+
+    @property
+    def last_loud(self) -> float:
+        """When the last loud audio packet arrived (``time.monotonic()``)."""
+        return self.sources["audio"].last_loud
 
 
 def _pinned_codecs(kind: str) -> list[RTCRtpCodecCapability]:
@@ -237,14 +242,16 @@ class MediaRouter:
         for kind in KINDS:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
             transceiver.setCodecPreferences(self._codecs[kind])
-            source = PacketSource(
+            source = RtpSource(
                 kind,
                 send_keyframe_request=self._pli_sender(transceiver.receiver)
                 if kind == "video"
                 else None,
                 keyframe_throttle_s=self.config.keyframe_throttle_s,
+                loud_level=self.config.speaking_max_level,
+                loud_bytes=self.config.speaking_min_opus_bytes,
             )
-            attach_source(transceiver.receiver, source)
+            attach_rtp_source(transceiver.receiver, source)
             p.inbound[kind] = transceiver
             p.sources[kind] = source
         # One transport for all of p's media (max-bundle): gather it now, so that a server
@@ -259,7 +266,6 @@ class MediaRouter:
         except BaseException:
             await pc.close()
             raise
-        self._watch_audio(p)
         self._watch_video(p)
         self._participants[pid] = p
         self._speaker_order.append(pid)
@@ -430,6 +436,11 @@ class MediaRouter:
         """The connected participants, in order of arrival."""
         return list(self._participants)
 
+    def packets_sent(self) -> tuple[int, int]:
+        """RTP packets and their payload bytes forwarded so far, over the current legs."""
+        legs = [leg.track for p in self._participants.values() for leg in p.outgoing.values()]
+        return sum(leg.packets_sent for leg in legs), sum(leg.octets_sent for leg in legs)
+
     # --- negotiation --------------------------------------------------------------------------
 
     def _request_offer(self, p: _Participant) -> None:
@@ -482,16 +493,15 @@ class MediaRouter:
             for kind in KINDS:
                 if (publisher.pid, kind) in p.outgoing:
                     continue
-                track = ForwardedTrack(publisher.sources[kind], queue_size=self.config.queue_size)
-                track.set_paused(self._leg_paused(p, publisher.pid, kind, allowed))
-                transceiver = p.pc.addTransceiver(track, direction="sendonly")
+                transceiver = p.pc.addTransceiver(LegTrack(kind), direction="sendonly")
                 transceiver.setCodecPreferences(self._codecs[kind])
                 # One MediaStream (msid) per publisher, so a browser can lip-sync its tracks.
                 seams.set_sender_stream_id(transceiver.sender, publisher.stream_id)
                 seams.observe_sender_rtcp(transceiver.sender,
                                           functools.partial(self._on_receiver_rtcp, p))
-                seams.on_keyframe_request(transceiver.sender, track.request_keyframe)
-                p.outgoing[(publisher.pid, kind)] = _Leg(publisher.pid, kind, transceiver, track)
+                leg = RtpLeg(publisher.sources[kind], transceiver.sender)
+                leg.set_paused(self._leg_paused(p, publisher.pid, kind, allowed))
+                p.outgoing[(publisher.pid, kind)] = _Leg(publisher.pid, kind, transceiver, leg)
 
     async def _stop_negotiator(self, p: _Participant) -> None:
         task, p.negotiator = p.negotiator, None
@@ -525,26 +535,6 @@ class MediaRouter:
     def _connection_failed(self, pid: str, error: BaseException) -> None:
         """A background task of ``pid``'s connection failed (addresses stay out of the log)."""
         logger.warning("the media connection of %s failed: %s", pid, type(error).__name__)
-
-    def _watch_audio(self, p: _Participant) -> None:
-        """Note loud audio packets of ``p`` as they arrive, before aiortc handles them."""
-        max_level = self.config.speaking_max_level
-        min_bytes = self.config.speaking_min_opus_bytes
-
-        def wrap(handle: seams.RtpHandler) -> seams.RtpHandler:
-            def on_packet(packet: RtpPacket, arrival_time_ms: int) -> Coroutine[Any, Any, None]:
-                level = packet.extensions.audio_level
-                if (
-                    level[1] <= max_level
-                    if level is not None
-                    else len(packet.payload) >= min_bytes
-                ):
-                    p.last_loud = time.monotonic()
-                return handle(packet, arrival_time_ms)
-
-            return on_packet
-
-        seams.wrap_rtp_handler(p.inbound["audio"].receiver, wrap)
 
     def _watch_video(self, p: _Participant) -> None:
         """Count the video payload bytes ``p`` sends, to know what forwarding them needs."""

@@ -21,6 +21,8 @@ import errno
 import importlib.metadata
 import logging
 import queue
+import random
+import time
 import types
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -32,13 +34,24 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
+    rtcdtlstransport,
     rtcpeerconnection,
     rtcrtpreceiver,
     rtcrtpsender,
 )
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (
+    AnyRtcpPacket,
+    RtcpByePacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+)
 
 __all__ = [
     "TARGETS",
@@ -46,6 +59,7 @@ __all__ = [
     "HostPorts",
     "RtcpObserver",
     "RtpHandler",
+    "RtpOutput",
     "Target",
     "aiortc_decoder_worker",
     "check_target",
@@ -54,8 +68,11 @@ __all__ = [
     "install_codec_hooks",
     "observe_sender_rtcp",
     "on_keyframe_request",
+    "on_sender_start",
     "receiver_decoder",
     "replace_decoder_queue",
+    "replace_jitter_buffer",
+    "replace_sender_reports",
     "replace_track_queue",
     "send_pli",
     "set_host_addresses_provider",
@@ -164,6 +181,9 @@ _aioice_get_host_addresses = aioice.ice.get_host_addresses
 _aioice_get_component_candidates = aioice.ice.Connection.get_component_candidates
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _CONNECT = "_RTCPeerConnection__connect"
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_SENDER = "_RTCRtpSender__"
+_SENDER_REPORT_STATE = ("cname", "lsr", "lsr_time", "rtcp_started", "rtcp_exited")
 
 TARGETS: tuple[Target, ...] = (
     Target(aioice.ice, "get_host_addresses", used_by=(aioice.ice.Connection.gather_candidates,)),
@@ -211,10 +231,48 @@ TARGETS: tuple[Target, ...] = (
         used_by=(RTCPeerConnection.setLocalDescription, RTCPeerConnection.setRemoteDescription),
     ),
     Target(RTCDtlsTransport, "_task", instance=True, used_by=(RTCDtlsTransport.start,)),
+    # RTP-level forwarding (vio.media.rtp_forwarding)
+    Target(
+        RTCRtpReceiver,
+        _JITTER_BUFFER,
+        instance=True,
+        used_by=(RTCRtpReceiver._handle_rtp_packet,),
+    ),
+    Target(RTCRtpSender, "send", used_by=(getattr(RTCPeerConnection, _CONNECT),)),
+    Target(RTCRtpSender, "_run_rtcp", used_by=(RTCRtpSender.send,)),
+    Target(RTCRtpSender, "_send_rtcp", used_by=(RTCRtpSender._run_rtcp,)),
+    *(
+        Target(RTCRtpSender, _SENDER + name, instance=True, used_by=(RTCRtpSender.stop,))
+        for name in ("rtcp_started", "rtcp_exited")
+    ),
+    *(
+        Target(
+            RTCRtpSender, _SENDER + name, instance=True, used_by=(RTCRtpSender._run_rtcp,)
+        )
+        for name in ("cname", "lsr", "lsr_time")
+    ),
+    Target(RTCDtlsTransport, "_tx_srtp", instance=True, used_by=(RTCDtlsTransport._send_rtp,)),
+    Target(RTCDtlsTransport, "_state", instance=True, used_by=(RTCDtlsTransport._send_rtp,)),
+    Target(rtcdtlstransport, "State", used_by=(RTCDtlsTransport._send_rtp,)),
+    Target(rtcdtlstransport.State, "CONNECTED"),
+    Target(RTCIceTransport, "_connection", instance=True),
+    Target(
+        aioice.ice.Connection,
+        "_nominated",
+        instance=True,
+        used_by=(aioice.ice.Connection.sendto,),
+    ),
+    Target(aioice.ice.StunProtocol, "send_data", used_by=(aioice.ice.Connection.sendto,)),
 )
 """Every internal reached below."""
 
 check_targets(TARGETS)
+if not {"transport", "sendto"} <= _code_names(aioice.ice.StunProtocol.send_data):
+    raise RuntimeError(
+        "vio.media sends RTP as aioice.ice.StunProtocol.send_data does (transport.sendto), "
+        f"which the installed {_versions()} no longer does; "
+        "vio/media/seams.py must be brought up to date for this version"
+    )
 
 
 # --- aioice -----------------------------------------------------------------------------------
@@ -304,21 +362,24 @@ def set_host_ports(ports: HostPorts | None) -> None:
 def install_codec_hooks(
     *,
     decoder_worker: Callable[..., None],
-    get_decoder: Callable[[Any], Any],
-    get_encoder: Callable[[Any], Any],
     bitrate_estimator: Callable[[], Any],
+    get_decoder: Callable[[Any], Any] | None = None,
+    get_encoder: Callable[[Any], Any] | None = None,
 ) -> None:
-    """Replace ``aiortc.rtcrtp{receiver,sender}``'s codec factories, decoder thread, estimator.
+    """Replace ``aiortc.rtcrtp{receiver,sender}``'s decoder thread, estimator, codec factories.
 
-    Process-wide: ``decoder_worker``, ``get_decoder`` and ``RemoteBitrateEstimator`` of
-    ``aiortc.rtcrtpreceiver``, and ``get_encoder`` of ``aiortc.rtcrtpsender``.
+    Process-wide: ``decoder_worker``, ``RemoteBitrateEstimator`` and (if given)
+    ``get_decoder`` of ``aiortc.rtcrtpreceiver``, and (if given) ``get_encoder`` of
+    ``aiortc.rtcrtpsender``.
     """
     receiver_module: Any = rtcrtpreceiver
     sender_module: Any = rtcrtpsender
     receiver_module.decoder_worker = decoder_worker
-    receiver_module.get_decoder = get_decoder
     receiver_module.RemoteBitrateEstimator = bitrate_estimator
-    sender_module.get_encoder = get_encoder
+    if get_decoder is not None:
+        receiver_module.get_decoder = get_decoder
+    if get_encoder is not None:
+        sender_module.get_encoder = get_encoder
 
 
 def aiortc_decoder_worker(
@@ -446,3 +507,126 @@ def guard_connect(pc: RTCPeerConnection, on_error: Callable[[BaseException], Non
                 task.add_done_callback(retrieve)
 
     setattr(pc, _CONNECT, guarded)
+
+
+# --- RTP-level forwarding ---------------------------------------------------------------------
+
+
+class _JitterBuffer(Protocol):
+    def add(self, packet: RtpPacket) -> tuple[bool, Any]: ...
+
+
+def replace_jitter_buffer(receiver: RTCRtpReceiver, replacement: _JitterBuffer) -> None:
+    """Replace ``RTCRtpReceiver.__jitter_buffer``, to which each received packet is added.
+
+    ``_handle_rtp_packet`` adds every packet there once aiortc has fed its statistics,
+    unwrapped RTX and generated NACKs; ``add`` returns ``(picture_lost, frame)``, and a
+    frame of ``None`` means nothing goes to the decoder.
+    """
+    if not hasattr(receiver, _JITTER_BUFFER):
+        raise RuntimeError(f"this receiver has no {_JITTER_BUFFER} to replace ({_versions()})")
+    setattr(receiver, _JITTER_BUFFER, replacement)
+
+
+def on_sender_start(
+    sender: RTCRtpSender, callback: Callable[[RTCRtpSendParameters], None]
+) -> None:
+    """Call ``callback(parameters)`` when aiortc first starts ``sender`` (``send()``).
+
+    aiortc calls ``send`` once the DTLS transport is connected, with the negotiated codecs,
+    header extensions and mid; it may call it again on renegotiation, which changes nothing.
+    """
+    send = sender.send
+    started = False
+
+    async def starting(parameters: RTCRtpSendParameters) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            callback(parameters)
+        await send(parameters)
+
+    patched: Any = sender
+    patched.send = starting
+
+
+SenderInfo = Callable[[], "RtcpSenderInfo | None"]
+"""What one sender report says now, or ``None`` while there is nothing to report."""
+
+
+def replace_sender_reports(sender: RTCRtpSender, sender_info: SenderInfo) -> None:
+    """Make ``sender``'s RTCP task report ``sender_info()`` instead of its own counters.
+
+    ``RTCRtpSender._run_rtcp`` sends an SR (+ SDES CNAME) every 0.5-1.5 s built from counters
+    that only its own RTP task updates; a sender whose packets are sent by someone else would
+    report nothing sent, at NTP time 0. This runs the same loop (the same interval, the same
+    bookkeeping for round-trip times, RTCP BYE when stopped) with ``sender_info()`` instead,
+    sending no SR while it returns ``None``. Set before the sender starts.
+    """
+    state = {name: _SENDER + name for name in _SENDER_REPORT_STATE}
+    started: asyncio.Event = getattr(sender, state["rtcp_started"])
+    exited: asyncio.Event = getattr(sender, state["rtcp_exited"])
+
+    async def run_rtcp() -> None:
+        started.set()
+        try:
+            while True:
+                await asyncio.sleep(0.5 + random.random())
+                info = sender_info()
+                if info is None:
+                    continue
+                packets: list[AnyRtcpPacket] = [RtcpSrPacket(ssrc=sender._ssrc, sender_info=info)]
+                setattr(sender, state["lsr"], (info.ntp_timestamp >> 16) & 0xFFFFFFFF)
+                setattr(sender, state["lsr_time"], time.time())
+                cname: str | None = getattr(sender, state["cname"])
+                if cname is not None:
+                    packets.append(
+                        RtcpSdesPacket(
+                            chunks=[RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode())])]
+                        )
+                    )
+                await sender._send_rtcp(packets)
+        except asyncio.CancelledError:
+            pass
+        await sender._send_rtcp([RtcpByePacket(sources=[sender._ssrc])])
+        exited.set()
+
+    patched: Any = sender
+    patched._run_rtcp = run_rtcp
+
+
+class RtpOutput:
+    """Sends plaintext RTP through one DTLS transport's SRTP session, without awaiting.
+
+    ``RTCDtlsTransport._send_rtp`` is a coroutine only because aioice's ``send`` is; what it
+    awaits ends in ``StunProtocol.send_data``, which is ``transport.sendto(data, addr)`` on
+    the nominated pair's socket (a TURN relay's transport queues the send itself). This does
+    the same synchronously: ``protect`` with the transport's outbound SRTP session, then
+    ``sendto``. ``send`` returns whether the packet went out: not while the transport is not
+    connected or ICE has no nominated pair. The transport's own sent-bytes statistics do not
+    count these packets.
+    """
+
+    __slots__ = ("_dtls", "_ice", "_path")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._ice: Any = dtls.transport._connection
+        self._path: tuple[Callable[[bytes, Any], None], Any] | None = None
+
+    def send(self, data: bytes) -> bool:
+        dtls = self._dtls
+        if dtls._state is not _DTLS_CONNECTED:
+            self._path = None
+            return False
+        path = self._path
+        if path is None:
+            pair = self._ice._nominated.get(1)
+            if pair is None:
+                return False
+            path = self._path = (pair.protocol.transport.sendto, pair.remote_addr)
+        path[0](dtls._tx_srtp.protect(data), path[1])
+        return True
+
+
+_DTLS_CONNECTED = rtcdtlstransport.State.CONNECTED
