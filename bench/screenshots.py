@@ -7,8 +7,10 @@ Starts ``vio serve --demo`` on a fresh SQLite file inside a loopback-only networ
 (the script re-runs itself under ``unshare -n``, so it needs root, as the browser tests do) and
 walks the demo in headless Chromium with a fake camera and microphone:
 
-- patient: home, check-in, the room's device check, the waiting room, the room;
-- family member: the invite opened early (and its device check), the invite once open, the room;
+- patient: home, check-in, the room's device check, the waiting room, the room, and home
+  again after the therapist ended the session early;
+- family member: the invite opened early (and its device check), the invite once open, the
+  room, an unusable invite;
 - therapist: today's sessions, the room with a patient in a side room, the safety card;
 - program staff: sessions, a session's attendance, the dosage dashboard, a patient's dosage,
   the audit log, a patient's record, the exports.
@@ -210,6 +212,16 @@ async def walk(links: dict[str, Any], out: Path) -> dict[str, Any]:
             await visible(family, "#screen-room")
             await asyncio.sleep(seconds(3))
             await shots.shot(family, "family-room")
+            await shots.visit(family, base + "/i/not-a-whole-link", "family-invite-unusable")
+
+            # --- the therapist ends the group early: what the patient sees after -------
+            await therapist.keyboard.press("Escape")  # the safety card
+            await therapist.click("summary:has-text('Session tools')")
+            await therapist.click("#end-button")
+            await therapist.click("#end-dialog button[value=confirm]")
+            await visible(phone, "#screen-ended")
+            await shots.shot(phone, "patient-room-ended")
+            await shots.visit(phone, base + "/me", "patient-home-ended-early", fold=True)
         except Exception as error:  # keep what was taken, say where it stopped
             notes["stopped"] = f"{type(error).__name__}: {error}"[:500]
         finally:

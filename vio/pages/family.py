@@ -140,6 +140,11 @@ INVITE_NEXT_STEP = {
     family.InviteProblem.TOO_EARLY: "Open your invitation link again closer to the time of "
                                     "the session.",
 }
+# Where the refusal's own sentence would only repeat the headline.
+INVITE_PROBLEM_DETAIL = {
+    family.InviteProblem.MALFORMED: "Part of the invitation link is missing, which can happen "
+                                    "when a long link is split over two lines.",
+}
 CONTACT_THE_PROGRAM = ("Please contact the care team that invited you: they can tell you what "
                        "comes next and send you a new invitation if you need one.")
 
@@ -149,7 +154,7 @@ def invite_problem(request: Request, problem: family.InviteProblem) -> Response:
     return render(request, "family/invite_problem.html",
                   status_code=PROBLEM_STATUS.get(problem, 410),
                   title=INVITE_PROBLEM_TITLE[problem],
-                  message=family.INVITE_PROBLEM_TEXT[problem],
+                  message=INVITE_PROBLEM_DETAIL.get(problem, family.INVITE_PROBLEM_TEXT[problem]),
                   next_step=INVITE_NEXT_STEP.get(problem, CONTACT_THE_PROGRAM),
                   code=problem.value)
 
