@@ -355,6 +355,7 @@ export class RoomConnection extends EventTarget {
       'safety-card': (m) => this._emit('safety-card', m),
       'side-room': (m) => this._emit('side-room', m),
       'side-room-state': (m) => this._emit('side-room-state', m),
+      'video-paused': (m) => this._emit('video-paused', { ...m, participant_ids: Array.isArray(m.participant_ids) ? m.participant_ids : [] }),
       'join-refused': (m) => this._emit('join-refused', m),
       roster: (m) => this._emit('roster', m),
       pong: () => {},

@@ -431,6 +431,7 @@ function wireConnection(conn) {
     'safety-card': onSafetyCard,
     'side-room': onSideRoom,
     'side-room-state': onSideRoomState,
+    'video-paused': onVideoPaused,
     'join-refused': onJoinRefused,
     roster: onRoster,
     'media-connection': onMediaConnection,
@@ -498,6 +499,22 @@ function onSideRoom({ space, with_ids: withIds }) {
   announce(text);
   renderSideRoomBanner();
   for (const id of state.participants.keys()) updateTile(id);
+}
+
+/** The server holds back these videos because our connection cannot carry them (none: all back). */
+function onVideoPaused({ participant_ids: ids = [] }) {
+  const paused = new Set(ids);
+  const before = document.querySelectorAll('.tile.paused-bandwidth').length;
+  for (const tile of document.querySelectorAll('.tile[data-participant-id]')) {
+    const on = paused.has(tile.dataset.participantId);
+    tile.classList.toggle('paused-bandwidth', on);
+    if (on && !tile.querySelector('.tile-paused-bandwidth')) {
+      tile.querySelector('.tile-bar')?.append(
+        el('span', { class: 'tile-paused-bandwidth', text: 'Video paused — weak connection' }));
+    }
+  }
+  if (ids.length && !before) announce('Some video is paused because your connection is weak. You can still hear everyone.');
+  else if (!ids.length && before) announce('Video is back.');
 }
 
 /** Everyone: these participants went into a side room with a therapist (or came back). */
