@@ -6,10 +6,12 @@ undone. Real SQLite, the real app through Starlette's TestClient."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
@@ -165,7 +167,7 @@ async def test_a_live_session_says_who_is_in_the_room_and_who_is_waiting(client,
     assert cells == {"in_room": "in the room now", "waiting": "waiting",
                      "not_here": "not here yet"}
     assert "<strong>absent</strong>" not in page and "Live now" in page
-    assert page.count("–now") == 2 and "min early" not in page  # still in: counted until now
+    assert page.count("\u2013now") == 2 and "min early" not in page  # still in: counted until now
     today = client.get("/staff").text
     row = re.search(rf'<tr data-session="{session.id}">(.*?)</tr>', today, re.S)
     assert row is not None
@@ -377,3 +379,65 @@ async def test_patient_page_asks_before_turning_off_links_and_offers_copy(client
                      issued)
     assert 'id="patient-link"' in issued and "/p/" in issued
     assert json.dumps("copy.js")[1:-1] in issued
+
+
+async def test_the_rooms_own_stop_video_keeps_the_minutes_audio_video_on_the_record(
+        engine, demo, db, client):
+    """The room's own transitions, written by its own store: the therapist stops Dana's video
+    ten minutes in; the server then sees only her audio for 30 minutes. The record (page and
+    export) bills those minutes 95 and says the therapist held the video."""
+    from vio.attendance.export import parse_csv
+    from vio.clock import ManualClock
+    from vio.db import session_factory
+    from vio.rooms.admission import Person, Role
+    from vio.rooms.effects import Audit, Record
+    from vio.rooms.outbox import Outbox
+    from vio.rooms.records import DatabaseRoomStore, load_facts
+    from vio.rooms.room import Room
+    from vio.settings import Settings
+
+    session = await _live(db, demo)
+    dana = demo.patients["Dana Reyes"]
+    room_clock = ManualClock(session.starts_at)
+    facts = await load_facts(db, session.id, room_clock.now())
+    assert facts is not None
+    facts = dataclasses.replace(facts, checked_in_patient_ids=frozenset({dana.id}))
+    settings = Settings.from_env({}, secret_key="x")
+    room = Room(facts, settings, room_clock)
+    store = DatabaseRoomStore(session_factory(engine), room_clock)
+
+    async def apply(effects: list) -> None:  # type: ignore[type-arg]
+        for effect in effects:
+            if isinstance(effect, Record):
+                await store.record(session.id, effect.event)
+            elif isinstance(effect, Audit):
+                await store.audit(effect.actor, effect.action, effect.target, **effect.detail)
+
+    therapist_person = Person(staff_identity(demo.therapist.id), Role.THERAPIST, "Jordan",
+                              staff_id=demo.therapist.id)
+    patient_person = Person(patient_identity(dana.id), Role.PATIENT, "Dana R.",
+                            patient_id=dana.id)
+    therapist, effects = room.join(therapist_person, Outbox(settings.ws_send_queue), facts)
+    await apply(effects)
+    patient, effects = room.join(patient_person, Outbox(settings.ws_send_queue), facts)
+    await apply(effects)
+    if patient.id in room.waiting:
+        await apply(room.admit(therapist, patient.id))
+    await apply(room.media_arrived(patient.id, audio=True, video=True))
+    room_clock.advance(timedelta(minutes=10))
+    await apply(room.hold(therapist, patient.id, "video"))
+    await apply(room.media_arrived(patient.id, audio=True, video=False))
+    room_clock.advance(timedelta(minutes=30))
+    await apply(room.leave(patient))
+    room_clock.advance(timedelta(minutes=5))
+    await apply(room.end("ended"))
+    _sign_in(client, "admin@demo.vio", "demo-admin")
+    page = client.get(f"/staff/sessions/{session.id}/attendance").text
+    assert "30 min audio-video with the video or microphone held by the therapist" in page
+    day = session.starts_at.astimezone(ZoneInfo("America/Chicago")).date()
+    rows = parse_csv(client.get(f"/staff/exports/attendance.csv?from={day}&to={day}").text)
+    row = next(r for r in rows if r.session_id == session.id and r.patient_id == dana.id)
+    assert (row.audio_video_minutes, row.audio_only_minutes, row.held_minutes) == (40, 0, 30)
+    assert row.modifier == MODIFIER_AUDIO_VIDEO
+    assert row.modality_note == "30 min audio-video with the video or microphone held by the " \
+                                "therapist"

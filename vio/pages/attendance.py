@@ -39,7 +39,15 @@ from vio.attendance.records import ReviewRefused, SessionAttendance
 from vio.identity import Viewer
 from vio.models import Patient, Program, Session, SessionStatus
 from vio.pages import forms
-from vio.pages.common import bad_request, checked_form, not_found, render, staff_page, state
+from vio.pages.common import (
+    bad_request,
+    checked_form,
+    local_time,
+    not_found,
+    render,
+    staff_page,
+    state,
+)
 from vio.pages.staff import session_for_staff, viewed
 from vio.policy import Action, Scope, may
 
@@ -100,8 +108,8 @@ def timeline_bars(record: SessionAttendance, zone: ZoneInfo) -> list[list[Bar]]:
         rows.append([Bar(x=_x(span.start, start, end), y=y,
                          width=max(_x(span.end, start, end) - _x(span.start, start, end), 1),
                          height=TIMELINE_BAR, kind=span.modality.value,
-                         label=(f"{span.start.astimezone(zone):%-I:%M %p} to "
-                                f"{span.end.astimezone(zone):%-I:%M %p}, "
+                         label=(f"{local_time(span.start, zone, 'clock')} to "
+                                f"{local_time(span.end, zone, 'time')}, "
                                 f"{MODALITY_LABELS[span.modality]}"))
                      for span in person.attendance.spans])
     return rows
