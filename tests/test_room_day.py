@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from tests.conftest import seconds
+from tests.conftest import csrf_from, seconds
 from tests.test_room import FACTS, PATIENTS, SETTINGS, START, THERAPIST, join
 from tests.test_session_rules import Clinic, loopback_only  # noqa: F401
 from tests.test_sessions import fetch
@@ -210,3 +210,20 @@ async def test_safety_card_for_a_home_check_in_carries_the_street_address_and_ph
     assert card["emergency_contact"] == {"name": dana.emergency_contact_name,
                                          "phone": dana.emergency_contact_phone}
     assert card["emergency_number"] == "911"
+
+
+def test_stay_signed_in_is_a_head_request_that_counts_as_activity(client, demo, settings,
+                                                                  clock):
+    """idle.js's "Stay signed in" sends HEAD for the page it is on, keeping the form's input:
+    the server counts it as activity like any other request."""
+    token = csrf_from(client.get("/login").text)
+    client.post("/login", data={"email": "therapist@demo.vio", "password": "demo-therapist",
+                                "csrf_token": token}, follow_redirects=False)
+    page = client.get("/staff")
+    assert page.status_code == 200 and "/static/js/idle.js" in page.text
+    clock.advance(timedelta(minutes=settings.idle_logoff_minutes - 1))
+    assert client.head("/staff", follow_redirects=False).status_code == 200
+    clock.advance(timedelta(minutes=settings.idle_logoff_minutes - 1))
+    assert client.get("/staff", follow_redirects=False).status_code == 200  # still signed in
+    clock.advance(timedelta(minutes=settings.idle_logoff_minutes, seconds=5))
+    assert client.head("/staff", follow_redirects=False).status_code == 303  # idle: signed out

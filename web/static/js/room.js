@@ -855,10 +855,11 @@ function updateTile(id) {
   tile.classList.toggle('audio-off', !p.audio);
   tile.classList.toggle('video-off', !hasVisibleVideo(p, tile));
   tile.classList.toggle('in-side-room', !!p.side_room);
-  // In a side room we are not in: their video and sound are not forwarded to us.
-  tile.classList.toggle('apart', !!p.side_room && !p.isLocal && !(state.mySideRoom && state.mySideRoom.withIds.includes(id)));
+  // Not in our space (we or they are in a side room): their media is not forwarded to us.
+  const apart = !p.isLocal && (state.mySideRoom ? !state.mySideRoom.withIds.includes(id) : !!p.side_room);
+  tile.classList.toggle('apart', apart);
   // Honest about others' links: they say their camera is on, yet no frames reach us.
-  tile.classList.toggle('no-video', !p.isLocal && !p.side_room && !!p.video && !!videoStalled(tile));
+  tile.classList.toggle('no-video', !p.isLocal && !apart && !!p.video && !!videoStalled(tile));
   const video = tile.querySelector('video');
   if (p.isLocal && video.paused) playMedia(video);
 }
