@@ -324,6 +324,12 @@ ROUTES: dict[tuple[str, str], tuple[Request, dict[str, Cell]]] = {
     ("GET", "/staff/patients/{patient_id:id}/dosage"): (
         lambda w: (f"/staff/patients/{w.a.id}/dosage", None),
         staff_only(GONE, Cell(OK, shows=(A_NAME,)), Cell(OK, shows=(A_NAME,)), GONE)),
+    ("POST", "/staff/patients/{patient_id:id}/alerts"): (
+        lambda w: (f"/staff/patients/{w.a.id}/alerts", {
+            "alert": "cannot-reach-target-this-week", "week": "2026-W48",
+            "note": "Holiday week; she comes Monday"}),
+        staff_only(GONE, Cell(SEE_OTHER, "/staff/dashboard"),
+                   Cell(SEE_OTHER, "/staff/dashboard"), GONE)),
     ("GET", "/staff/dashboard"): (lambda w: ("/staff/dashboard", None), staff_only(
         Cell(OK, hides=(A_NAME, B_NAME, P2_NAME)),
         Cell(OK, shows=(A_NAME,), hides=(B_NAME, P2_NAME)),
