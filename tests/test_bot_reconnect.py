@@ -59,7 +59,7 @@ def test_reconnects_only_after_server_trouble_and_lost_connections() -> None:
 def test_the_summary_counts_reconnects() -> None:
     result = BotResult(admitted=True, reconnects=2)
     assert result.summary() == {"admitted": True, "refusal": None, "reconnects": 2,
-                                "remote": []}
+                                "video_paused": [], "remote": []}
 
 
 # --- a scripted server -------------------------------------------------------------------------
