@@ -68,6 +68,13 @@ def test_locked_room_shows_a_badge_and_the_kept_out_attempt(day):
 def test_mute_button_says_unmute_once_muted(day):
     assert day["mic_label_after_mute"] == "Unmute"
     assert day["mic_pressed_after_mute"] == "true"
+    assert day["camera_label_after_stop"] == "Start video"
+
+
+def test_own_connection_quality_is_shown_from_the_pages_own_stats(day):
+    # Measured on a connected link (not "connecting"); loopback is good unless the box starves.
+    assert day["quality"] in {"Connection: good", "Connection: fair", "Connection: poor"}, \
+        day["quality"]
 
 
 def test_side_room_is_marked_and_said_to_the_patient_and_the_group(day):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -24,6 +26,7 @@ from tests.wsclient import Client
 from vio import identity
 from vio.clock import ManualClock
 from vio.demo import ROSTER
+from vio.errors import REFUSAL_TEXT
 from vio.models import (
     AttendanceKind,
     Patient,
@@ -227,3 +230,14 @@ def test_stay_signed_in_is_a_head_request_that_counts_as_activity(client, demo, 
     assert client.get("/staff", follow_redirects=False).status_code == 200  # still signed in
     clock.advance(timedelta(minutes=settings.idle_logoff_minutes, seconds=5))
     assert client.head("/staff", follow_redirects=False).status_code == 303  # idle: signed out
+
+
+def test_every_refusal_has_its_own_screen_on_the_room_page():
+    """room.js's REFUSAL_SCREENS names every refusal the server can send (``vio.errors``)."""
+    script = (Path(__file__).parent.parent / "web/static/js/room.js").read_text()
+    table = script.split("const REFUSAL_SCREENS = {", 1)[1].split("\n};", 1)[0]
+    screens = set(re.findall(r"^\s+'?([a-z-]+)'?: \{ title: '", table, re.MULTILINE))
+    refusals = {*REFUSAL_TEXT, "not-on-roster"}
+    assert refusals - screens == set(), sorted(refusals - screens)
+    assert screens - refusals == set(), sorted(screens - refusals)
+    assert re.search(r"^\s+removed: \{[^\n]*retry: false", table, re.MULTILINE)

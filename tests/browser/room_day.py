@@ -153,6 +153,11 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             seen["mic_label_after_mute"] = await text_of(phone, "#mic-button .control-label")
             seen["mic_pressed_after_mute"] = await phone.get_attribute("#mic-button",
                                                                        "aria-pressed")
+            await phone.click("#camera-button")
+            seen["camera_label_after_stop"] = await text_of(phone,
+                                                            "#camera-button .control-label")
+            await wait_until(lambda: _measured(therapist), seconds(20), "a measured link")
+            seen["quality"] = await text_of(therapist, "#quality")
 
             # A private talk with Dana: marked for the therapist, said to Dana and to the group.
             await tile_action(therapist, "Dana R.", "side-room")
@@ -201,6 +206,11 @@ async def shot(page: Page, name: str) -> None:
     folder = os.environ.get("VIO_TEST_SCREENSHOTS")
     if folder:
         await page.screenshot(path=f"{folder}/{name}.png")
+
+
+async def _measured(page: Page) -> bool:
+    shown = await page.is_visible("#quality")
+    return shown and "connecting" not in await text_of(page, "#quality")
 
 
 async def _roster_settled(page: Page) -> bool:

@@ -708,6 +708,8 @@ const REFUSAL_SCREENS = {
   'invite-revoked': { title: 'This invitation can’t be used', next: 'Please ask the person who invited you for a new one.', retry: false },
   'consent-revoked': { title: 'This invitation can’t be used', next: 'Please ask the person who invited you for a new one.', retry: false },
   'wrong-session': { title: 'This invitation is for another session', next: 'Please check the link you were sent.', retry: false },
+  'invite-unknown': { title: 'This invitation can’t be used', next: 'Please ask the person who invited you for a new one.', retry: false },
+  'invite-malformed': { title: 'This link is not complete', next: 'Please copy the whole link you were sent and open it again.', retry: false },
   'media-unavailable': { title: 'The video service is busy', next: 'Please try again in a minute.', retry: true },
 };
 
