@@ -59,6 +59,8 @@ def test_check_in_offers_the_home_address_and_other_fields_only_for_somewhere_el
     assert patient["other_fields_when_home"] is False
     assert patient["other_fields_when_elsewhere"] is True
     assert patient["other_fields_back_home"] is False
+    assert patient["no_js_fields_when_home"] is False  # no script needed
+    assert patient["no_js_fields_when_elsewhere"] is True
 
 
 def test_a_session_the_therapist_ended_early_says_so_and_offers_no_join(seen):

@@ -99,6 +99,16 @@ async def patient_pages(links: dict[str, Any]) -> dict[str, Any]:
             await page.check("#location-home")
             seen["other_fields_back_home"] = await page.is_visible("input[name=address]")
 
+            # The same choice with scripts off: the page needs none for it.
+            plain = await browser.new_context(viewport=PHONE, java_script_enabled=False)
+            no_js = await plain.new_page()
+            await no_js.goto(patient["link"])
+            await no_js.goto(f"{links['base_url']}/sessions/{group['id']}/check-in")
+            seen["no_js_fields_when_home"] = await no_js.is_visible("input[name=address]")
+            await no_js.check("#location-other")
+            seen["no_js_fields_when_elsewhere"] = await no_js.is_visible("input[name=address]")
+            await plain.close()
+
             await end_the_group(links, group["id"])
             await page.goto(links["base_url"] + "/me")
             line = page.locator(f'li.session-line[data-session-id="{group["id"]}"]')
