@@ -241,3 +241,13 @@ def test_every_refusal_has_its_own_screen_on_the_room_page():
     assert refusals - screens == set(), sorted(refusals - screens)
     assert screens - refusals == set(), sorted(screens - refusals)
     assert re.search(r"^\s+removed: \{[^\n]*retry: false", table, re.MULTILINE)
+
+
+def test_a_removed_patient_is_listed_as_removed_not_as_expected():
+    room = room_expecting()
+    therapist, _ = join(room, THERAPIST)
+    patient, _ = join(room, PATIENTS[0])
+    room.admit(therapist, patient.id)
+    effects = room.remove(therapist, patient.id, "Unsafe to continue in group.")
+    (roster,) = messages_to(effects, therapist.outbox, "roster")
+    assert statuses(roster["expected"])["Patient 1"] == "removed"

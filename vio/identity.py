@@ -9,7 +9,9 @@ random bits; the row keeps the token's SHA-256), so ending the row ends the sign
 wherever the cookie was copied to. A sign-in ends on sign-out, when the person's links or
 consent are revoked or their account is turned off (``end_sign_ins``), after
 ``SignInRules.idle`` without a request (unless ``in_live_room`` says the sign-in holds a live
-room connection), and ``SignInRules.lifetime`` after it began in any case.
+room connection), and ``SignInRules.lifetime`` after it began in any case. A live room, which
+makes no HTTP requests, marks its people's sign-ins as seen with every attendance heartbeat
+(``keep_signed_in``), so a therapist leaving a long group is still signed in, on any node.
 
 A room ticket names the sign-in that opened the room page, so each browser tab keeps its person
 and a ticket is worth nothing once that sign-in has ended. ``Viewer`` is who is asking on one

@@ -168,7 +168,8 @@ class Room:
         waiting = {p.person.identity for p in self.waiting.values()}
         return [{"name": e.name, "role": e.role.value,
                  "status": "in-room" if e.identity in seated
-                 else "waiting" if e.identity in waiting else "not-here"}
+                 else "waiting" if e.identity in waiting
+                 else "removed" if e.identity in self.removed else "not-here"}
                 for e in self.facts.expected]
 
     def _roster(self) -> Send:
