@@ -1,11 +1,21 @@
-"""The receiver-aware video policy (vio.media.bandwidth): pure, driven by a table of cases."""
+"""The receiver-aware video policy (vio.media.bandwidth), pure and driven by a table of cases;
+and the RTCP it reads, observed at a sender of a real connection."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
+import weakref
 from dataclasses import dataclass
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, unpack_remb_fci
 
+from tests.conftest import seconds
+from vio.media import CounterVideoTrack, announce_host_addresses, seams
 from vio.media.bandwidth import BandwidthRules, ReceiverLink, VideoNeed
 
 RULES = BandwidthRules()
@@ -183,3 +193,52 @@ def test_feedback_out_of_range_is_ignored() -> None:
 def test_bad_rules_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="BandwidthRules"):
         BandwidthRules(**bad)
+
+
+# --- the RTCP the policy reads, from a real receiver ------------------------------------------
+
+RTCP_SECONDS = 10.0
+"""How long an aiortc receiver may take to send receiver reports and REMB (about 1 s each)."""
+
+
+async def test_rtcp_observers_see_a_receivers_reports_and_remb_and_aiortc_still_handles_them(
+) -> None:
+    """Two observers on one sender of a real connection over loopback: each sees the receiver
+    reports and REMB, aiortc's own handler still gets them (its remote-inbound stats), and
+    the observers go with the sender."""
+    announce_host_addresses(["127.0.0.1"])
+    config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    sending, receiving = RTCPeerConnection(config), RTCPeerConnection(config)
+    first: list[object] = []
+    second: list[object] = []
+    try:
+        sender = sending.addTrack(CounterVideoTrack())
+        seams.observe_sender_rtcp(sender, first.append)
+        seams.observe_sender_rtcp(sender, second.append)
+        await sending.setLocalDescription(await sending.createOffer())
+        await receiving.setRemoteDescription(sending.localDescription)
+        await receiving.setLocalDescription(await receiving.createAnswer())
+        await sending.setRemoteDescription(receiving.localDescription)
+
+        def seen(kind: type, packets: list[object]) -> bool:
+            return any(isinstance(p, kind) for p in packets)
+
+        deadline = time.monotonic() + seconds(RTCP_SECONDS)
+        while not (seen(RtcpRrPacket, first) and any(
+                isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_APP for p in first)):
+            assert time.monotonic() < deadline, first
+            await asyncio.sleep(0.1)
+        assert second[: len(first)] == first[: len(second)]
+        stats = await sender.getStats()
+        assert any(s.type == "remote-inbound-rtp" for s in stats.values())
+        remb = next(p for p in first if isinstance(p, RtcpPsfbPacket) and p.fmt == RTCP_PSFB_APP)
+        bitrate, ssrcs = unpack_remb_fci(remb.fci)
+        assert bitrate > 0 and ssrcs
+    finally:
+        await sending.close()
+        await receiving.close()
+        announce_host_addresses([])
+    gone = weakref.ref(sender)
+    del sender, sending
+    gc.collect()
+    assert gone() is None

@@ -442,9 +442,8 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
     patched._send_keyframe = callback
 
 
-_RTCP_OBSERVERS: weakref.WeakKeyDictionary[RTCRtpSender, list[RtcpObserver]] = (
-    weakref.WeakKeyDictionary()
-)
+_OBSERVERS = "_vio_rtcp_observers"
+"""Where the handler that :func:`observe_sender_rtcp` installs keeps its observers."""
 
 
 def observe_sender_rtcp(sender: RTCRtpSender, observer: RtcpObserver) -> None:
@@ -456,14 +455,15 @@ def observe_sender_rtcp(sender: RTCRtpSender, observer: RtcpObserver) -> None:
     earlier replacement) and every later observer joins the same list, so several hooks compose;
     the handler that was there is always called after the observers. An observer is synchronous;
     one that raises is logged (its type only) and the packet still reaches the others and the
-    handler.
+    handler. The list lives on the installed handler, so it goes with the sender (observers
+    usually hold their sender's connection: a table keyed by sender would keep it alive).
     """
-    observers = _RTCP_OBSERVERS.get(sender)
+    handle: Callable[[Any], Coroutine[Any, Any, None]] = sender._handle_rtcp_packet
+    observers: list[RtcpObserver] | None = getattr(handle, _OBSERVERS, None)
     if observers is not None:
         observers.append(observer)
         return
-    observers = _RTCP_OBSERVERS[sender] = [observer]
-    handle: Callable[[Any], Coroutine[Any, Any, None]] = sender._handle_rtcp_packet
+    observers = [observer]
 
     async def observed(packet: Any) -> None:
         for notify in observers:
@@ -473,6 +473,7 @@ def observe_sender_rtcp(sender: RTCRtpSender, observer: RtcpObserver) -> None:
                 logger.warning("an RTCP observer failed: %s", type(error).__name__)
         await handle(packet)
 
+    setattr(observed, _OBSERVERS, observers)
     patched: Any = sender
     patched._handle_rtcp_packet = observed
 
