@@ -75,6 +75,10 @@ class Caps:
     kbps: int = h.VIDEO_TARGET_KBPS
     """The VP8 encoder's target; the clip spends ~300 kbit/s of 500 at 15 fps, ~475 at 30."""
 
+    receive: str = "decode"
+    """How the subscribers take what arrives: ``decode`` (aiortc's whole receive path, video
+    decoded and its counter read) or ``count`` (a frame per marker bit, nothing decoded)."""
+
     def config(self) -> dict[str, object]:
         return {"video_size": self.size, "fps": self.fps, "kbps": self.kbps}
 
@@ -90,14 +94,22 @@ class Setup:
     subscribers: Callable[[int, int], Awaitable[h.Child]]
 
 
-def aiortc_setup(backend: str, variant: h.Variant, caps: Caps) -> Setup:
-    """The harness's server (``vio`` or ``relay``) and peers, on 127.0.0.1."""
+def aiortc_setup(backend: str, variant: h.Variant, caps: Caps, *,
+                 receiver_aware: bool = False) -> Setup:
+    """The harness's server (``vio``, ``passthrough`` or ``relay``) and peers, on 127.0.0.1.
+
+    vio's receiver-aware video stays off unless ``receiver_aware``: it pauses a leg whose
+    receiver reports loss or a low estimate, and what is measured here is the cost of legs
+    that carry their stream (the other backends never pause one).
+    """
     label = backend if variant.pythonpath is None else f"{backend} baseline"
     return Setup(
         label=label,
-        server=lambda: h.start_server(backend, name=f"server-{label}", variant=variant),
+        server=lambda: h.start_server(backend, name=f"server-{label}", variant=variant,
+                                      keep_video=not receiver_aware),
         publisher=lambda port: h.start_peers(port, name=f"publisher-{label}", **caps.config()),
-        subscribers=lambda port, i: h.start_peers(port, name=f"subscribers-{label}-{i}"))
+        subscribers=lambda port, i: h.start_peers(port, name=f"subscribers-{label}-{i}",
+                                                  receive=caps.receive))
 
 
 def janus_setup(ns: janus.Namespace, caps: Caps) -> Setup:
@@ -112,7 +124,7 @@ def janus_setup(ns: janus.Namespace, caps: Caps) -> Setup:
         publisher=lambda port: ns.start_child("publisher", {"port": port, **caps.config()},
                                               name="publisher-janus"),
         subscribers=lambda port, i: ns.start_child(
-            "peers", {"port": port, "receive": "decode", "video_size": "320x240"},
+            "peers", {"port": port, "receive": caps.receive, "video_size": "320x240"},
             name=f"subscribers-janus-{i}"))
 
 
@@ -241,15 +253,17 @@ def _ratio(a: float, b: float) -> float:
 
 
 def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
-           caps: Caps, backends: list[str]) -> None:
+           caps: Caps, backends: list[str], receiver_aware: bool) -> None:
     print(f"# Forwarding cost, 1 publisher -> K subscribers: {', '.join(backends)}")
     print(f"machine: {machine}")
     print(f"commit: {h.git_head()}{_changes()}; date: {time.strftime('%Y-%m-%d %H:%M %Z')}; "
           f"server loop: {loop}; window {plan.window_s:g} s "
           f"after {plan.warmup_s:g} s warm-up")
+    if not receiver_aware:
+        print("vio: receiver-aware video off (every leg carries its stream, as with the others)")
     print(f"media: video {caps.size} {caps.fps} fps VP8 (counter + chroma noise, encoder "
           f"target {caps.kbps} kbit/s), audio Opus 20 ms frames; the same clips for every "
-          "backend\n")
+          f"backend; subscribers {'decode' if caps.receive == 'decode' else 'count frames'}\n")
     print(h.table(
         ["backend", "kind", "K", "server CPU %", "CPU % per stream", "fps min", "fps median",
          "packets/s out", "kbit/s per stream", "CPU us per packet", "bad frames"],
@@ -332,6 +346,12 @@ async def main() -> int:
                                                 f"{JANUS_FPS} with --janus)")
     parser.add_argument("--kbps", type=int, default=h.VIDEO_TARGET_KBPS,
                         help="the VP8 encoder's target bitrate for the published clip")
+    parser.add_argument("--receive", choices=["decode", "count"], default="decode",
+                        help="subscribers decode video and read its counter (default), or "
+                             "count RTP frames only, which keeps 16 of them at 30 fps light")
+    parser.add_argument("--receiver-aware", action="store_true",
+                        help="leave vio's receiver-aware video on (it may pause legs whose "
+                             "receivers report loss; off by default here)")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.ks:
@@ -344,7 +364,7 @@ async def main() -> int:
     if unknown := set(backends) - {"vio", "relay", "passthrough", "janus"}:
         parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
     caps = Caps(fps=args.fps or (JANUS_FPS if "janus" in backends else h.VIDEO_FPS),
-                kbps=args.kbps)
+                kbps=args.kbps, receive=args.receive)
     started = time.monotonic()
     machine = h.machine()
     variant, *others = h.variants(args.loop, args.baseline)
@@ -360,13 +380,14 @@ async def main() -> int:
                     continue
                 setups = [janus_setup(ns, caps)]
             elif backend == "vio":
-                setups = [aiortc_setup("vio", v, caps) for v in (variant, *others)]
+                setups = [aiortc_setup("vio", v, caps, receiver_aware=args.receiver_aware)
+                          for v in (variant, *others)]
             else:
                 setups = [aiortc_setup(backend, variant, caps)]
             for setup in setups:
                 rows += await run_backend(setup, kinds, plan)
             ran.append(backend)
-    report(rows, plan, args.loop, started, machine, caps, ran)
+    report(rows, plan, args.loop, started, machine, caps, ran, args.receiver_aware)
     return 0
 
 

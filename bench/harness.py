@@ -331,12 +331,23 @@ def _sent(senders: Iterable[RTCRtpSender]) -> tuple[int, int]:
     return packets, octets
 
 
+def never_pause() -> Any:
+    """Receiver-aware video's rules with thresholds no link reaches: every video keeps flowing
+    (the RTCP is still read and judged, so its cost stays in the measurement)."""
+    from vio.media.bandwidth import BandwidthRules
+
+    return BandwidthRules(pause_ratio=1e-9, loss_pause=1.0, loss_resume=0.99)
+
+
 class VioBackend:
     """vio's forwarding: one :class:`MediaRouter`, as a room uses it."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        settings: dict[str, Any] = {}
+        if config.get("keep_video") and "bandwidth" in MediaConfig.__dataclass_fields__:
+            settings["bandwidth"] = never_pause()
         self.router = MediaRouter(MediaConfig(
-            max_video_forwarded=int(config.get("max_video_forwarded", 6))))
+            max_video_forwarded=int(config.get("max_video_forwarded", 6)), **settings))
 
     async def join(self, pid: str, msg: dict[str, Any], send: Send) -> None:
         async def on_offer(sdp: str, tracks: list[TrackInfo]) -> None:
