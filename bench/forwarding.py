@@ -253,10 +253,12 @@ def _ratio(a: float, b: float) -> float:
 
 
 def report(rows: list[Row], plan: Plan, loop: str, started: float, machine: str,
-           caps: Caps, backends: list[str], receiver_aware: bool) -> None:
+           caps: Caps, backends: list[str], receiver_aware: bool, commit: str,
+           wall: float) -> None:
+    """Everything measured; ``commit`` and ``wall`` (the time) are those of the start."""
     print(f"# Forwarding cost, 1 publisher -> K subscribers: {', '.join(backends)}")
     print(f"machine: {machine}")
-    print(f"commit: {h.git_head()}{_changes()}; date: {time.strftime('%Y-%m-%d %H:%M %Z')}; "
+    print(f"commit: {commit}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(wall))}; "
           f"server loop: {loop}; window {plan.window_s:g} s "
           f"after {plan.warmup_s:g} s warm-up")
     if not receiver_aware:
@@ -365,8 +367,9 @@ async def main() -> int:
         parser.error(f"unknown backends: {', '.join(sorted(unknown))}")
     caps = Caps(fps=args.fps or (JANUS_FPS if "janus" in backends else h.VIDEO_FPS),
                 kbps=args.kbps, receive=args.receive)
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     machine = h.machine()
+    commit = h.git_head() + _changes()
     variant, *others = h.variants(args.loop, args.baseline)
     task = asyncio.current_task()
     assert task is not None
@@ -387,7 +390,8 @@ async def main() -> int:
             for setup in setups:
                 rows += await run_backend(setup, kinds, plan)
             ran.append(backend)
-    report(rows, plan, args.loop, started, machine, caps, ran, args.receiver_aware)
+    report(rows, plan, args.loop, started, machine, caps, ran, args.receiver_aware, commit,
+           wall)
     return 0
 
 
