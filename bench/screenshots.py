@@ -139,9 +139,15 @@ async def walk(links: dict[str, Any], out: Path) -> dict[str, Any]:
                                ("/staff/dashboard", "staff-dosage-dashboard"),
                                (f"/staff/patients/{patient_id}/dosage", "staff-patient-dosage"),
                                ("/staff/audit", "staff-audit-log"),
-                               (f"/staff/patients/{patient_id}", "staff-patient-record"),
-                               ("/staff/exports", "staff-exports")]:
+                               (f"/staff/patients/{patient_id}", "staff-patient-record")]:
                 await shots.visit(admin, base + path, name)
+            # The exports: their own page if there is one, else the dashboard's export form.
+            exports = await admin.goto(base + "/staff/exports")
+            if exports is None or exports.status != 200:
+                await admin.goto(base + "/staff/dashboard")
+                await admin.locator("text=Export attendance").first.scroll_into_view_if_needed()
+            shots.statuses["staff-exports"] = exports.status if exports else None
+            await shots.shot(admin, "staff-exports", fold=True)
 
             # --- family member, before the session opens -------------------------------
             family = await (await context(browser)).new_page()
@@ -173,28 +179,28 @@ async def walk(links: dict[str, Any], out: Path) -> dict[str, Any]:
             await shots.shot(phone, "patient-room-device-check", fold=True)
             await phone.click("#join-button")
             await visible(phone, "#screen-waiting")
-            await shots.shot(phone, "patient-waiting")
+            await shots.shot(phone, "patient-waiting", fold=True)
             await shots.shot(therapist, "therapist-room-someone-waiting")
             await therapist.click("#waiting-list button[data-action=admit]",
                                   timeout=seconds(WAIT_SECONDS) * 1000)
             await visible(phone, "#screen-room")
             await asyncio.sleep(seconds(3))  # video tiles start
-            await shots.shot(phone, "patient-room")
-            await shots.shot(therapist, "therapist-room")
+            await shots.shot(phone, "patient-room", fold=True)
+            await shots.shot(therapist, "therapist-room", fold=True)
 
             # --- therapist: a side room, then the safety card ---------------------------
             tile = therapist.locator(".tile:has(.tile-menu-button)").first
             await tile.locator(".tile-menu-button").click()
             await tile.locator("[data-action=side-room]").click()
             await asyncio.sleep(seconds(2))
-            await shots.shot(therapist, "therapist-room-side-room")
-            await shots.shot(phone, "patient-room-in-side-room")
+            await shots.shot(therapist, "therapist-room-side-room", fold=True)
+            await shots.shot(phone, "patient-room-in-side-room", fold=True)
             await tile.locator(".tile-menu-button").click()
             await tile.locator("[data-action=main-room]").click()
             await tile.locator(".tile-menu-button").click()
             await tile.locator("[data-action=safety-card]").click()
             await visible(therapist, "#safety-dialog")
-            await shots.shot(therapist, "therapist-safety-card")
+            await shots.shot(therapist, "therapist-safety-card", fold=True)
 
             # --- family member, once the session is open: the invite and the room -------
             start = (datetime.now(UTC) - timedelta(minutes=1)).replace(tzinfo=None)
@@ -207,11 +213,11 @@ async def walk(links: dict[str, Any], out: Path) -> dict[str, Any]:
             await family.check("#family-terms")
             await family.click("#family-continue")
             await visible(family, "#join-button")
-            await shots.shot(family, "family-room-device-check")
+            await shots.shot(family, "family-room-device-check", fold=True)
             await family.click("#join-button")
             await visible(family, "#screen-room")
             await asyncio.sleep(seconds(3))
-            await shots.shot(family, "family-room")
+            await shots.shot(family, "family-room", fold=True)
             await shots.visit(family, base + "/i/not-a-whole-link", "family-invite-unusable")
 
             # --- the therapist ends the group early: what the patient sees after -------

@@ -74,7 +74,7 @@ def session_line(session: Session, now: datetime, join_early: timedelta, zone: s
     if session.status is SessionStatus.ENDED or ended_at is not None:
         if ended_at is None:
             return SessionLine(session, Cue.ENDED, "Ended", when, scheduled)
-        held = max(0, int((ended_at - session.starts_at).total_seconds()) // SECONDS_PER_MINUTE)
+        held = max(0, round((ended_at - session.starts_at).total_seconds() / SECONDS_PER_MINUTE))
         return SessionLine(session, Cue.ENDED,
                            f"Ended early at {local_time(ended_at, zone, 'time')}", when,
                            min(held, scheduled))
