@@ -105,6 +105,13 @@ def test_a_mute_with_video_on_is_a_hold_and_a_hold_ends_when_the_media_returns()
     assert measured.audio_video_minutes == 50
     assert [s.modality for s in measured.spans] == [
         Modality.AUDIO_VIDEO, Modality.HELD_BY_THERAPIST, Modality.AUDIO_VIDEO, Modality.NO_MEDIA]
+    # Holding a camera that was already off changes nothing: audio-only stays audio-only.
+    own_choice = [event(1, 0, K.ADMITTED, PATIENT, "p-1"),
+                  event(2, 0, K.MEDIA, PATIENT, "p-1", audio=True, video=False),
+                  event(3, 90, K.LEFT, PATIENT, "p-1")]
+    kept = attendance_by_person(own_choice, WINDOW, 75,
+                                [Hold(at(10), PATIENT, "video", THERAPIST)])[PATIENT]
+    assert (kept.audio_only_minutes, kept.held_minutes, kept.audio_video_minutes) == (90, 0, 0)
     # A hold of someone else's video changes nothing for this patient.
     other = attendance_by_person(events, WINDOW, 75, [Hold(at(10), "patient:8", "audio")])
     assert other[PATIENT].held_minutes == 0

@@ -331,15 +331,22 @@ def hold_intervals(events: Iterable[Event], holds: Iterable[Hold],
                    ) -> dict[str, list[tuple[str, AttendanceInterval | datetime]]]:
     """For each person, each hold as (kind, interval), or (kind, start) when it never ended.
 
-    A hold ends when the person's own media of that kind next reaches the server."""
+    A hold counts only when that kind was reaching the server just before it (holding a camera
+    that was already off changes nothing), and ends when the person's own media of that kind
+    next reaches the server."""
     returned: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
-    for event in events:
+    media: dict[str, list[Event]] = defaultdict(list)
+    for event in ordered(events):
         if event.kind is AttendanceKind.MEDIA and event.person is not None:
+            media[event.person].append(event)
             for kind in ("audio", "video"):
                 if event.detail.get(kind) is True:
                     returned[event.person].append((event.at, kind))
     result: dict[str, list[tuple[str, AttendanceInterval | datetime]]] = defaultdict(list)
     for hold in sorted(holds, key=lambda h: h.at):
+        before = [e for e in media.get(hold.person, ()) if e.at < hold.at]
+        if not before or before[-1].detail.get(hold.kind) is not True:
+            continue
         back = min((at for at, kind in returned.get(hold.person, ())
                     if kind == hold.kind and at > hold.at), default=None)
         result[hold.person].append(
