@@ -83,3 +83,9 @@ def test_an_alert_is_dismissed_with_a_note_on_a_phone(seen):
     said = (r"Dismissed by Jordan Alvarez, LCSW on \w+ \w+ \d+, \d+:\d\d [AP]M C[SD]T: "
             + re.escape(NOTE))
     assert any(re.fullmatch(said, text) for text in phone["dismissal"]), phone["dismissal"]
+
+
+def test_a_new_personal_link_is_copied_and_turning_links_off_asks_first(seen):
+    admin = seen["admin"]
+    assert admin["link_is_personal"] and admin["clipboard_is_link"]
+    assert admin["link_still_shown"] == 1  # the unticked confirmation kept the form from going

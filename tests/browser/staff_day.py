@@ -5,8 +5,8 @@ Run as ``python -m tests.browser.staff_day staff-day`` inside a loopback-only ne
 ``tests.browser.harness``, whose server, Chromium and helpers it uses. A therapist is in the
 live group's room and a patient waits (both through ``vio.client``, no media); the therapist's
 browser, on a desktop and on a 390x844 phone, reads Today, the live session's attendance, the
-Sessions page, dismisses a dosage alert with a note and signs off a past session. Prints one
-JSON object with what the pages showed.
+Sessions page, dismisses a dosage alert with a note and signs off a past session; an admin
+issues a personal link and copies it. Prints one JSON object with what the pages showed.
 """
 
 from __future__ import annotations
@@ -60,12 +60,13 @@ def database(links: dict[str, Any]) -> str:
     return str(links["env"]["VIO_DATABASE_URL"].split(":///", 1)[1])
 
 
-async def staff_page(browser: Browser, links: dict[str, Any], viewport: dict[str, int]) -> Page:
+async def staff_page(browser: Browser, links: dict[str, Any], viewport: dict[str, int],
+                     who: str = "therapist") -> Page:
     context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
     page = await context.new_page()
-    await page.goto(links["therapist"]["login"])
-    await page.fill("input[name=email]", links["therapist"]["email"])
-    await page.fill("input[name=password]", links["therapist"]["password"])
+    await page.goto(links[who]["login"])
+    await page.fill("input[name=email]", links[who]["email"])
+    await page.fill("input[name=password]", links[who]["password"])
     await page.click("button[type=submit]")
     await page.wait_for_url("**/staff", timeout=seconds(20) * 1000)
     return page
@@ -135,6 +136,25 @@ async def phone_checks(page: Page, base: str, patient_id: int) -> dict[str, Any]
     return seen
 
 
+async def admin_checks(page: Page, base: str, patient_id: int) -> dict[str, Any]:
+    """A new personal link and its Copy button; turning links off asks first."""
+    seen: dict[str, Any] = {}
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    await page.goto(f"{base}/staff/patients/{patient_id}")
+    async with page.expect_navigation(timeout=seconds(10) * 1000):
+        await page.click("button[value=issue-link]")
+    link = await page.input_value("#patient-link")
+    await page.click("button[data-copy-from=patient-link]")
+    await page.wait_for_selector('[data-copy-status="patient-link"]:has-text("Copied")',
+                                 timeout=seconds(5) * 1000)
+    seen["link_is_personal"] = "/p/" in link
+    seen["clipboard_is_link"] = await page.evaluate("navigator.clipboard.readText()") == link
+    await page.click("#revoke-links button[value=revoke-links]")  # not ticked: nothing sent
+    seen["link_still_shown"] = await page.locator("#patient-link").count()
+    await keep(page, "patient-link")
+    return seen
+
+
 async def scenario_staff_day(links: dict[str, Any]) -> dict[str, Any]:
     from vio.bot import check_in_at_home, sign_in
     from vio.client import SignalingClient
@@ -166,6 +186,8 @@ async def scenario_staff_day(links: dict[str, Any]) -> dict[str, Any]:
                 seen["desktop"] = await desktop_checks(desktop, links["base_url"], live_id)
                 phone = await staff_page(browser, links, PHONE)
                 seen["phone"] = await phone_checks(phone, links["base_url"], marcus)
+                admin = await staff_page(browser, links, DESKTOP, "admin")
+                seen["admin"] = await admin_checks(admin, links["base_url"], marcus)
             finally:
                 await browser.close()
     return seen
