@@ -27,7 +27,7 @@ from vio.models import (
     SessionKind,
     SessionStatus,
 )
-from vio.pages.patient import Cue, home_lines, main_action, session_line
+from vio.pages.patient import Cue, home_lines, lead_line, main_action, session_line
 from vio.security import Signer
 
 ZONE = "America/Chicago"
@@ -80,6 +80,9 @@ def test_the_main_action_is_the_live_session_and_past_sessions_are_left_out():
     chosen = main_action(lines)
     assert chosen is not None and chosen.session.id == 1
     assert main_action(home_lines(sessions[3:], now, EARLY, ZONE, {})) is None
+    tomorrow = lead_line(home_lines(sessions[3:], now, EARLY, ZONE, {}))
+    assert tomorrow is not None and tomorrow.session.id == 4 and tomorrow.cue is Cue.LATER
+    assert tomorrow.opens_in_seconds == (timedelta(days=1, minutes=-25)).total_seconds()
     ended = home_lines(sessions[1:2], now, EARLY, ZONE, {1: SIX_PM + timedelta(minutes=5)})
     assert main_action(ended) is None
 
@@ -256,3 +259,11 @@ async def test_with_nothing_open_the_home_page_leads_with_when_the_next_one_open
     assert 'id="join-now"' not in page and "/room" not in page
     assert "Also coming up" in page
     assert f'data-session-id="{group.id}"' in page.split("Also coming up")[1]
+    assert "opens-countdown" not in page  # opens later than the idle sign-out: no reload
+
+    family = await family_session(db)
+    family.starts_at = clock.now() + EARLY + timedelta(minutes=10)
+    await db.commit()
+    soon = client.get("/me").text
+    wait = int(re.search(r'id="opens-countdown" data-opens-in-seconds="(\d+)"', soon).group(1))
+    assert abs(wait - 600) <= 2 and "js/countdown.js" in soon

@@ -17,6 +17,7 @@ Every moment shown says its zone (``vio.pages.common.local_time``).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,6 +46,7 @@ class SessionLine:
     label: str  # "Live now", "Starts in 12 minutes", "Opens at 5:45 PM EST", …
     when: str  # "Tuesday December 1 at 6:00 PM EST"
     minutes: int  # how long it runs (as held, for a session ended early)
+    opens_in_seconds: int | None = None  # for a room not open yet: how long until it opens
 
     @property
     def joinable(self) -> bool:
@@ -81,7 +83,7 @@ def session_line(session: Session, now: datetime, join_early: timedelta, zone: s
     opens_at = session.starts_at - join_early
     if now < opens_at:
         return SessionLine(session, Cue.LATER, f"Opens at {local_time(opens_at, zone, 'time')}",
-                           when, scheduled)
+                           when, scheduled, math.ceil((opens_at - now).total_seconds()))
     if now < session.starts_at:
         return SessionLine(session, Cue.OPENING,
                            f"Starts in {_in_words(session.starts_at - now)}", when, scheduled)
@@ -101,3 +103,9 @@ def main_action(lines: Iterable[SessionLine]) -> SessionLine | None:
     live = [line for line in joinable if line.cue is Cue.LIVE]
     first = live or joinable
     return first[0] if first else None
+
+
+def lead_line(lines: Iterable[SessionLine]) -> SessionLine | None:
+    """The session the page leads with: the one to join now, else the next to open."""
+    lines = list(lines)
+    return main_action(lines) or next((line for line in lines if line.cue is Cue.LATER), None)

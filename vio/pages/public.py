@@ -17,8 +17,8 @@ from starlette.routing import Route
 from vio import clinic, demo
 from vio.models import Program
 from vio.pages.attendance import patient_week_summary
-from vio.pages.common import ViewerRole, current_viewer, render, state
-from vio.pages.patient import home_lines, main_action
+from vio.pages.common import IDLE_WARNING_SECONDS, ViewerRole, current_viewer, render, state
+from vio.pages.patient import home_lines, lead_line
 
 
 async def home(request: Request) -> Response:
@@ -53,8 +53,15 @@ async def patient_home(request: Request) -> Response:
         week = await patient_week_summary(db, patient, program, now)
     lines = home_lines(upcoming, now, timedelta(minutes=app.settings.join_early_minutes),
                        program.timezone, ended)
-    return render(request, "patient/home.html", patient=patient, lines=lines,
-                  next_line=main_action(lines), week=week, timezone=program.timezone)
+    lead = lead_line(lines)
+    # The page reloads itself when the next room opens, if that comes before the idle
+    # sign-out's warning (so the reload finds the patient still signed in).
+    reload_in = lead.opens_in_seconds if lead is not None else None
+    if reload_in is not None and reload_in > (app.settings.idle_logoff_minutes * 60
+                                              - IDLE_WARNING_SECONDS):
+        reload_in = None
+    return render(request, "patient/home.html", patient=patient, lines=lines, first=lead,
+                  week=week, timezone=program.timezone, reload_in_seconds=reload_in)
 
 
 async def healthz(request: Request) -> Response:

@@ -1,8 +1,9 @@
-// The family invite before its session opens: count down to the opening the server named
-// (in seconds from when it rendered the page, so the device's own clock does not matter), then
-// ask the server again. The server decides: with the name and terms filled in, the page sends
-// the form (and goes on to the room if the session is open); otherwise it reloads, which
-// shows the form to fill in. If the server still says "not yet", its new page counts down again.
+// Counting down to a room's opening, as the server named it (in seconds from when it rendered
+// the page, so the device's own clock does not matter), then asking the server again. The
+// server decides. On the family invite, with the name and terms filled in, the page sends the
+// form (and goes on to the room if the session is open); otherwise, and on the patient's home
+// page, it reloads, which shows what is open now. If the server still says "not yet", its new
+// page counts down again.
 (() => {
   const countdown = document.getElementById('opens-countdown');
   if (!countdown) return;
