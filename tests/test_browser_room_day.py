@@ -109,3 +109,9 @@ def test_room_page_has_a_sign_out_and_the_ended_screen_links_attendance(day):
     link = day["attendance_link"]
     assert link["text"] == "Attendance record"
     assert link["href"] == f"/staff/sessions/{day['session_id']}/attendance"
+
+
+def test_the_tiles_fill_the_room_on_a_desktop(day):
+    desk = day["therapist_layout"]  # four people, the side panel open, a banner showing
+    assert desk["gridHeight"] >= 0.6 * desk["viewport"], desk
+    assert desk["tilesArea"] >= 0.85 * desk["gridHeight"] * desk["gridWidth"], desk

@@ -50,10 +50,10 @@ async def therapist_signs_in(page: Page, links: dict[str, Any], room: str) -> No
     await page.fill("input[name=email]", links["therapist"]["email"])
     await page.fill("input[name=password]", links["therapist"]["password"])
     await page.click("button[type=submit]")
-    await page.wait_for_url("**/staff**", timeout=ms(20))
+    await page.wait_for_url("**/staff**", timeout=ms(30))
     await page.goto(room)
-    await page.click("#join-button", timeout=ms(20))
-    await page.wait_for_selector("#screen-room:not([hidden])", timeout=ms(20))
+    await page.click("#join-button", timeout=ms(30))
+    await page.wait_for_selector("#screen-room:not([hidden])", timeout=ms(30))
 
 
 def tile(page: Page, name: str) -> Any:
@@ -70,7 +70,7 @@ async def text_of(page: Page, selector: str) -> str:
     return (await page.inner_text(selector)).strip()
 
 
-async def visible_text(page: Page, selector: str, within: float = 20) -> str:
+async def visible_text(page: Page, selector: str, within: float = 30) -> str:
     await page.wait_for_selector(f"{selector}:visible", timeout=ms(within))
     return await text_of(page, selector)
 
@@ -83,8 +83,14 @@ async def bottom_layout(page: Page) -> dict[str, float]:
       window.scrollTo(0, document.documentElement.scrollHeight);  // as far down as it goes
       const controls = document.querySelector('#screen-room .controls').getBoundingClientRect();
       const s = send.getBoundingClientRect();
+      const grid = document.querySelector('#tiles').getBoundingClientRect();
+      const tiles = [...document.querySelectorAll('#tiles .tile')]
+        .map((t) => t.getBoundingClientRect())
+        .reduce((sum, r) => sum + r.width * r.height, 0);
       return { controlsTop: controls.top, controlsBottom: controls.bottom,
-               viewport: window.innerHeight, sendBottom: s.bottom, sendTop: s.top };
+               viewport: window.innerHeight, viewportWidth: window.innerWidth,
+               sendBottom: s.bottom, sendTop: s.top, gridHeight: grid.height,
+               gridWidth: grid.width, tilesArea: tiles };
     }"""))
 
 
@@ -109,10 +115,10 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
 
             therapist = await page_in(browser, DESKTOP)
             await therapist_signs_in(therapist, links, session["room"])
-            await phone.wait_for_selector("#screen-room:not([hidden])", timeout=ms(20))
+            await phone.wait_for_selector("#screen-room:not([hidden])", timeout=ms(30))
             laptop = await page_in(browser, DESKTOP)  # Marcus, on a laptop
             await patient_joins(laptop, marcus["link"])
-            await laptop.wait_for_selector("#screen-room:not([hidden])", timeout=ms(20))
+            await laptop.wait_for_selector("#screen-room:not([hidden])", timeout=ms(30))
             co_therapist = start_bot(links, "--link", links["admin"]["login"], "--email",
                                      links["admin"]["email"], "--password",
                                      links["admin"]["password"], "--seconds",
@@ -120,7 +126,7 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             await therapist.wait_for_selector(".tile-name:has-text('Sam Okafor')",
                                               timeout=ms(30))
             await therapist.wait_for_selector(".tile-name:has-text('Marcus L.')",
-                                              timeout=ms(20))
+                                              timeout=ms(30))
 
             # Who is expected and not here yet.
             await wait_until(lambda: _roster_settled(therapist), seconds(20),
@@ -130,7 +136,7 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
 
             # The safety card for a patient who checked in at home.
             await tile_action(therapist, "Dana R.", "safety-card")
-            await therapist.wait_for_selector("#safety-dialog[open]", timeout=ms(20))
+            await therapist.wait_for_selector("#safety-dialog[open]", timeout=ms(30))
             seen["safety"] = {key: await text_of(therapist, f"#safety-{key}")
                               for key in ("location", "phone", "contact", "emergency")}
             await therapist.click("#safety-dialog button[value=close]")
@@ -162,7 +168,7 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             # A private talk with Dana: marked for the therapist, said to Dana and to the group.
             await tile_action(therapist, "Dana R.", "side-room")
             marker = tile(therapist, "Dana R.").locator(".tile-side-room")
-            await marker.wait_for(state="visible", timeout=ms(20))
+            await marker.wait_for(state="visible", timeout=ms(30))
             seen["therapist_marker"] = (await marker.inner_text()).strip()
             seen["patient_side_room"] = await visible_text(phone, "#side-room-banner")
             seen["group_side_room"] = await visible_text(laptop, "#side-room-banner")
@@ -175,7 +181,7 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             await shot(phone, "phone-side-room")
             await shot(laptop, "group-side-room")
             await therapist.click("#side-room-banner button")
-            await laptop.wait_for_selector("#side-room-banner", state="hidden", timeout=ms(20))
+            await laptop.wait_for_selector("#side-room-banner", state="hidden", timeout=ms(30))
             seen["group_banner_after"] = await laptop.is_visible("#side-room-banner")
 
             # Marcus is asked to leave.
@@ -190,7 +196,7 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             await therapist.click("#end-button")
             await therapist.click("#end-dialog button[value=confirm]")
             link = therapist.locator("#attendance-link")
-            await link.wait_for(state="visible", timeout=ms(20))
+            await link.wait_for(state="visible", timeout=ms(30))
             seen["attendance_link"] = {"text": (await link.inner_text()).strip(),
                                        "href": await link.get_attribute("href")}
         finally:

@@ -854,6 +854,14 @@ function updateTile(id) {
   tile.querySelector('.tile-avatar span').textContent = initials(p.name);
   const menuButton = tile.querySelector('.tile-menu-button');
   if (menuButton) menuButton.setAttribute('aria-label', `Options for ${p.name || 'participant'}`);
+  // Offer only what applies: a private talk or the way back, safety cards for patients.
+  const option = (action) => tile.querySelector(`.tile-menu-list [data-action="${action}"]`);
+  if (option('side-room')) {
+    option('side-room').hidden = !!p.side_room;
+    option('main-room').hidden = !p.side_room;
+    option('safety-card').hidden = p.role !== 'patient';
+    option('remove').hidden = p.role === 'therapist';
+  }
   tile.classList.toggle('audio-off', !p.audio);
   tile.classList.toggle('video-off', !hasVisibleVideo(p, tile));
   tile.classList.toggle('in-side-room', !!p.side_room);
