@@ -175,7 +175,7 @@ async def test_turning_off_a_patients_links_ends_their_sign_in_and_connection(pl
         assert (await patient.join())["type"] == "welcome"
         started = time.monotonic()
         status = await asyncio.to_thread(admin.post_form, f"/staff/patients/{dana.id}",
-                                         {"action": "revoke-links"})
+                                         {"action": "revoke-links", "confirm": "yes"})
         assert status == 200
         await ended_within(patient, "signed-out", 4401)
         assert time.monotonic() - started < seconds(WITHIN)

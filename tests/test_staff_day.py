@@ -33,6 +33,7 @@ from vio.models import (
     AttendanceEvent,
     AttendanceKind,
     AuditEvent,
+    PatientLink,
     RosterMembership,
     Session,
     SessionStatus,
@@ -374,7 +375,7 @@ async def test_ending_a_membership_needs_a_confirmation(client, demo, db):
     assert membership.left_on == date(2026, 11, 23)
 
 
-async def test_patient_page_asks_before_turning_off_links_and_offers_copy(client, demo):
+async def test_patient_page_asks_before_turning_off_links_and_offers_copy(client, demo, db):
     token = _sign_in(client, "admin@demo.vio", "demo-admin")
     dana = demo.patients["Dana Reyes"]
     page = client.get(f"/staff/patients/{dana.id}").text
@@ -386,6 +387,12 @@ async def test_patient_page_asks_before_turning_off_links_and_offers_copy(client
                      issued)
     assert 'id="patient-link"' in issued and "/p/" in issued
     assert json.dumps("copy.js")[1:-1] in issued
+    # Without the box ticked the server changes nothing, even when the browser is bypassed.
+    unconfirmed = client.post(f"/staff/patients/{dana.id}", data={"csrf_token": token,
+                                                                 "action": "revoke-links"})
+    assert unconfirmed.status_code == 400 and "Tick the box" in unconfirmed.text
+    assert await db.scalar(select(func.count()).select_from(PatientLink).where(
+        PatientLink.patient_id == dana.id, PatientLink.revoked_at.is_(None))) > 0
 
 
 async def test_the_rooms_own_stop_video_keeps_the_minutes_audio_video_on_the_record(

@@ -198,6 +198,9 @@ async def patient_edit(request: Request, db: AsyncSession, viewer: Viewer,
                 await clinic.audit(db, app.clock.now(), viewer.actor, "patient-link-issued",
                                    f"patient:{patient.id}")
                 await db.commit()
+            elif form.get("confirm") != "yes":
+                error, status_code = ("Tick the box to confirm turning off every link; "
+                                      "nothing was changed."), 400
             else:
                 count = await clinic.revoke_patient_links(db, patient.id, app.clock.now())
                 await clinic.audit(db, app.clock.now(), viewer.actor, "patient-links-revoked",
