@@ -85,6 +85,9 @@ def test_side_room_is_marked_and_said_to_the_patient_and_the_group(day):
     assert "Jordan Alvarez, LCSW has stepped out for a private talk" in group, group
     assert "Sam Okafor is holding the group" in group, group
     assert day["group_banner_after"] is False
+    alone = day["group_side_room_alone"]  # no co-therapist in the room
+    assert alone == ("Jordan Alvarez, LCSW has stepped out for a private talk. "
+                     "Jordan Alvarez, LCSW will be back shortly."), alone
 
 
 def test_removed_patient_is_told_plainly_with_no_false_hope(day):

@@ -56,6 +56,17 @@ async def therapist_signs_in(page: Page, links: dict[str, Any], room: str) -> No
     await page.wait_for_selector("#screen-room:not([hidden])", timeout=ms(30))
 
 
+async def in_room(page: Page, who: str) -> None:
+    """Wait for the room screen; if it never comes, say which screen is showing and why."""
+    try:
+        await page.wait_for_selector("#screen-room:not([hidden])", timeout=ms(30))
+    except Exception as error:
+        shown = await page.evaluate("""() => [...document.querySelectorAll('.screen')]
+          .filter((s) => !s.hidden).map((s) => s.id + ': ' + s.innerText.slice(0, 300))""")
+        status = await page.inner_text("#status")
+        raise RuntimeError(f"{who} never reached the room: {shown} status={status!r}") from error
+
+
 def tile(page: Page, name: str) -> Any:
     return page.locator(".tile", has=page.locator(".tile-name", has_text=name))
 
@@ -115,10 +126,10 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
 
             therapist = await page_in(browser, DESKTOP)
             await therapist_signs_in(therapist, links, session["room"])
-            await phone.wait_for_selector("#screen-room:not([hidden])", timeout=ms(30))
+            await in_room(phone, "Dana")
             laptop = await page_in(browser, DESKTOP)  # Marcus, on a laptop
             await patient_joins(laptop, marcus["link"])
-            await laptop.wait_for_selector("#screen-room:not([hidden])", timeout=ms(30))
+            await in_room(laptop, "Marcus")
             co_therapist = start_bot(links, "--link", links["admin"]["login"], "--email",
                                      links["admin"]["email"], "--password",
                                      links["admin"]["password"], "--seconds",
@@ -183,6 +194,17 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             await therapist.click("#side-room-banner button")
             await laptop.wait_for_selector("#side-room-banner", state="hidden", timeout=ms(30))
             seen["group_banner_after"] = await laptop.is_visible("#side-room-banner")
+
+            # With no co-therapist left, the group hears that the therapist will be back.
+            co_therapist.terminate()
+            co_therapist.communicate(timeout=seconds(20))
+            co_therapist = None
+            await laptop.wait_for_selector(".tile-name:has-text('Sam Okafor')",
+                                           state="detached", timeout=ms(30))
+            await tile_action(therapist, "Dana R.", "side-room")
+            seen["group_side_room_alone"] = await visible_text(laptop, "#side-room-banner")
+            await tile_action(therapist, "Dana R.", "main-room")
+            await laptop.wait_for_selector("#side-room-banner", state="hidden", timeout=ms(30))
 
             # Marcus is asked to leave.
             await tile_action(therapist, "Marcus L.", "remove")
