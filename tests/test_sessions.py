@@ -238,7 +238,8 @@ async def test_turning_off_a_staff_account_ends_its_sign_in_and_connection(place
         assert (await therapist.join())["type"] == "welcome"
         started = time.monotonic()
         status = await asyncio.to_thread(admin.post_form, "/staff/team", {
-            "action": "deactivate", "staff_id": str(therapist_id)})
+            "action": "deactivate", "staff_id": str(therapist_id),
+            "confirm": "yes"})
         assert status == 303
         await ended_within(therapist, "signed-out", 4401)
         assert time.monotonic() - started < seconds(WITHIN)

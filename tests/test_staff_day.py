@@ -455,3 +455,21 @@ async def test_the_rooms_own_stop_video_keeps_the_minutes_audio_video_on_the_rec
     assert row.modifier == MODIFIER_AUDIO_VIDEO
     assert row.modality_note == "30 min audio-video with the video or microphone held by the " \
                                 "therapist"
+
+
+async def test_turning_off_a_staff_account_needs_a_confirmation(client, demo, db):
+    token = _sign_in(client, "admin@demo.vio", "demo-admin")
+    therapist = demo.therapist
+    page = client.get("/staff/team").text
+    assert re.search(r'name="confirm" value="yes" required', page)
+    unconfirmed = client.post("/staff/team", data={"csrf_token": token, "action": "deactivate",
+                                                   "staff_id": str(therapist.id)})
+    assert unconfirmed.status_code == 400 and "Tick the box" in unconfirmed.text
+    await db.refresh(therapist)
+    assert therapist.active
+    done = client.post("/staff/team", data={"csrf_token": token, "action": "deactivate",
+                                            "staff_id": str(therapist.id), "confirm": "yes"},
+                       follow_redirects=False)
+    assert done.status_code == 303
+    await db.refresh(therapist)
+    assert not therapist.active

@@ -51,6 +51,8 @@ async def team(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope)
                 error = "There is no such staff member."
             elif member is not None and viewer.staff is not None and member.id == viewer.staff.id:
                 error = "You can't turn off your own account."
+            elif action == "deactivate" and form.get("confirm") != "yes":
+                error = "Tick the box to confirm turning off the account; nothing was changed."
             elif member is not None:
                 member.active = action == "activate"
                 ended: list[int] = []
