@@ -123,6 +123,7 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             seen["waiting_title"] = await visible_text(phone, "#waiting-session")
             seen["waiting_therapist"] = await visible_text(phone, "#waiting-therapist")
             seen["sign_out_in_room_page"] = await phone.is_visible("#sign-out")
+            await shot(phone, "phone-waiting")
 
             therapist = await page_in(browser, DESKTOP)
             await therapist_signs_in(therapist, links, session["room"])
@@ -213,6 +214,8 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
             seen["removed_title"] = await visible_text(laptop, "#refused-title")
             seen["removed_text"] = await text_of(laptop, "#screen-refused")
             seen["removed_retry_shown"] = await laptop.is_visible("#retry-button")
+            await shot(laptop, "removed")
+            await shot(therapist, "therapist-after-removal")
 
             # The therapist ends the session: the closing screen links the attendance record.
             await therapist.click("#end-button")

@@ -655,11 +655,16 @@ function onWaiting(d) {
   if (session.title) $('waiting-session').querySelector('strong').textContent = session.title;
   $('waiting-time').textContent = sessionTimes(session);
   const therapist = $('waiting-therapist');
+  const known = 'therapist_present' in session;
   therapist.textContent = session.therapist_present ? 'Your therapist is here.' : 'Your therapist hasn’t joined yet.';
   therapist.classList.toggle('present', !!session.therapist_present);
-  therapist.hidden = !('therapist_present' in session);
+  therapist.hidden = !known;
+  if (known) {
+    $('waiting-text').textContent = session.therapist_present ? 'They will let you in shortly.' : 'You will be let in when they arrive.';
+  }
   showScreen('waiting');
-  const extra = d.message && d.message !== $('waiting-text').textContent ? d.message : '';
+  // The server's sentence says the same as the lines above when it says whether a therapist is in.
+  const extra = !known && d.message && d.message !== $('waiting-text').textContent ? d.message : '';
   $('waiting-message').textContent = extra;
   $('waiting-preview').srcObject = localTrack('video') ? state.stream : null;
 }
