@@ -66,6 +66,7 @@ _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time
 _NTP_EPOCH_OFFSET = 2208988800
 """Seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)."""
 _NO_FRAME = (False, None)
+_NO_LAG = float("inf")
 _RTX_HEAD = struct.Struct("!BBH")
 _SSRC = struct.Struct("!I")
 
@@ -269,6 +270,11 @@ class RtpLeg:
         self._last_seq = (random.getrandbits(16) % 32768) - 1
         self._last_ts = random.getrandbits(32)
         self._last_wall: float | None = None
+        # Sender reports: the least lag (arrival time minus media time, in seconds against
+        # the timestamp _ts_origin) over the current and the previous report interval.
+        self._ts_origin = self._last_ts
+        self._seconds_per_tick = 1 / 90000
+        self._lag = self._lag_before = _NO_LAG
         self._rtx_seq = random.getrandbits(16) % 32768
         self._packets = 0
         self._octets = 0
@@ -344,6 +350,7 @@ class RtpLeg:
             raise ValueError("a negotiated codec has a payload type")
         self._payload_type = codec.payloadType
         self._clock_rate = codec.clockRate
+        self._seconds_per_tick = 1 / codec.clockRate
         for other in parameters.codecs:
             if is_rtx(other) and other.parameters.get("apt") == codec.payloadType:
                 self._rtx_payload_type = other.payloadType
@@ -409,6 +416,9 @@ class RtpLeg:
             self._last_seq = out_seq
             self._last_ts = out_ts
             self._last_wall = wall
+            lag = wall - ((out_ts - self._ts_origin) & 0xFFFFFFFF) * self._seconds_per_tick
+            if lag < self._lag:
+                self._lag = lag
         self._packets += 1
         self._octets += len(payload)
 
@@ -421,6 +431,7 @@ class RtpLeg:
         if self._last_wall is not None:
             advance = max(1, int((wall - self._last_wall) * self._clock_rate))
         self._ts_offset = (self._last_ts + advance - packet.timestamp) & 0xFFFFFFFF
+        self._lag = self._lag_before = _NO_LAG  # a new timeline: report from its packets
 
     # --- RTCP ----------------------------------------------------------------------------------
 
@@ -455,15 +466,25 @@ class RtpLeg:
                 self.retransmitted += 1
 
     def sender_info(self) -> RtcpSenderInfo | None:
-        """What this leg's RTCP sender report says now (``None`` before anything was sent).
+        """What this leg's RTCP sender report says now; ``None``: no report.
 
-        The RTP timestamp is the last one sent, advanced by the wall-clock time since, so the
-        report maps this leg's timeline to the same clock for audio and video alike.
+        The report maps this leg's timestamps to wall-clock time as the least delayed of the
+        packets forwarded in the last two report intervals arrived: media time plus the
+        smallest lag seen. That mapping is the same for audio and video and, unlike the
+        arrival of the latest packet, does not move with how late a video frame's encoder or
+        the network made it (which would shift the receiver's lip sync back and forth). There
+        is none before anything was sent nor while the leg is paused or stopped: with nothing
+        to play out nothing needs syncing, and a leg that carries nothing costs no RTCP.
         """
-        if self._last_wall is None:
+        if self._last_wall is None or self._paused or self._stopped:
             return None
         now = time.time()
-        rtp_timestamp = (self._last_ts + int((now - self._last_wall) * self._clock_rate))
+        lag = min(self._lag, self._lag_before)
+        self._lag_before, self._lag = self._lag, _NO_LAG
+        if lag == _NO_LAG:  # nothing sent since the timeline (re)started
+            rtp_timestamp = self._last_ts + int((now - self._last_wall) * self._clock_rate)
+        else:
+            rtp_timestamp = self._ts_origin + int((now - lag) * self._clock_rate)
         seconds = now + _NTP_EPOCH_OFFSET
         ntp = int(seconds) << 32 | int((seconds % 1) * (1 << 32))
         return RtcpSenderInfo(
