@@ -66,8 +66,10 @@ class Walk:
         self.files: list[str] = []
         self.statuses: dict[str, int | None] = {}
 
-    async def shot(self, page: Page, name: str, fold: bool = False) -> None:
-        """Pictures of ``page`` as it is now: at desktop width, then at phone size."""
+    async def shot(self, page: Page, name: str, fold: bool = False,
+                   focus: str | None = None) -> None:
+        """Pictures of ``page`` as it is now: at desktop width, then at phone size (the fold
+        scrolled to ``focus``, if given)."""
         self.count += 1
         stem = f"{self.count:02d}-{name}"
         await asyncio.sleep(SETTLE_SECONDS)
@@ -76,6 +78,8 @@ class Walk:
         await asyncio.sleep(SETTLE_SECONDS)
         await self._save(page, f"{stem}-phone.png", full=True)
         if fold:
+            if focus is not None:
+                await page.locator(focus).first.scroll_into_view_if_needed()
             await self._save(page, f"{stem}-phone-fold.png", full=False)
         await page.set_viewport_size(DESKTOP)
 
@@ -143,11 +147,12 @@ async def walk(links: dict[str, Any], out: Path) -> dict[str, Any]:
                 await shots.visit(admin, base + path, name)
             # The exports: their own page if there is one, else the dashboard's export form.
             exports = await admin.goto(base + "/staff/exports")
+            focus = None
             if exports is None or exports.status != 200:
                 await admin.goto(base + "/staff/dashboard")
-                await admin.locator("text=Export attendance").first.scroll_into_view_if_needed()
+                focus = "text=Export attendance"
             shots.statuses["staff-exports"] = exports.status if exports else None
-            await shots.shot(admin, "staff-exports", fold=True)
+            await shots.shot(admin, "staff-exports", fold=True, focus=focus)
 
             # --- family member, before the session opens -------------------------------
             family = await (await context(browser)).new_page()
