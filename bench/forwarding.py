@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import signal
 import subprocess
@@ -43,6 +44,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import harness as h
 import janus
@@ -102,7 +104,7 @@ def aiortc_setup(backend: str, variant: h.Variant, caps: Caps, *,
     receiver reports loss or a low estimate, and what is measured here is the cost of legs
     that carry their stream (the other backends never pause one).
     """
-    label = backend if variant.pythonpath is None else f"{backend} baseline"
+    label = f"{backend} baseline" if variant.label.endswith("baseline") else backend
     return Setup(
         label=label,
         server=lambda: h.start_server(backend, name=f"server-{label}", variant=variant,
@@ -338,6 +340,10 @@ async def main() -> int:
     parser.add_argument("--baseline", metavar="DIR",
                         help="also run vio from the vio package in DIR (e.g. an older commit's, "
                              "from `git archive`), right after this checkout's")
+    parser.add_argument("--vio", metavar="DIR",
+                        help="run the vio backend from the vio package in DIR instead of this "
+                             "checkout's (e.g. a commit's, from `git archive`, so that edits in "
+                             "progress are not measured)")
     parser.add_argument("--backends", default="vio,relay",
                         help="which of vio, passthrough, relay, janus to run, in order "
                              "(default vio,relay)")
@@ -371,6 +377,11 @@ async def main() -> int:
     machine = h.machine()
     commit = h.git_head() + _changes()
     variant, *others = h.variants(args.loop, args.baseline)
+    if args.vio:
+        if not (Path(args.vio) / "vio" / "media").is_dir():
+            parser.error(f"{args.vio} holds no vio package")
+        variant = dataclasses.replace(variant, pythonpath=str(Path(args.vio)))
+        commit += f"; vio from {args.vio}"
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
