@@ -462,13 +462,20 @@ function safetyPlace(card) {
   return [where.address, where.city, where.state].filter(Boolean).join(', ') || 'Not given';
 }
 
+/** A phone number a phone can dial with one tap. */
+function callLink(number) {
+  return el('a', { href: `tel:${String(number).replace(/[^0-9+*#]/g, '')}`, text: number });
+}
+
 function onSafetyCard(card) {
   const contact = card.emergency_contact || {};
   $('safety-name').textContent = card.name || '';
   $('safety-location').textContent = safetyPlace(card);
-  $('safety-phone').textContent = card.phone || 'None on file';
-  $('safety-contact').textContent = [contact.name, contact.phone].filter(Boolean).join(' · ') || 'None on file';
-  $('safety-emergency').textContent = card.emergency_number || 'Not set for this program';
+  $('safety-phone').replaceChildren(card.phone ? callLink(card.phone) : 'None on file');
+  $('safety-contact').replaceChildren(...(contact.name || contact.phone
+    ? [contact.name || '', contact.name && contact.phone ? ' · ' : '', contact.phone ? callLink(contact.phone) : '']
+    : ['None on file']));
+  $('safety-emergency').replaceChildren(card.emergency_number ? callLink(card.emergency_number) : 'Not set for this program');
   const dialog = $('safety-dialog');
   if (typeof dialog.showModal === 'function') dialog.showModal();
   else dialog.setAttribute('open', '');
