@@ -695,6 +695,11 @@ function onWelcome(d) {
   for (const p of d.participants || []) {
     if (p.id !== d.you.id) upsertParticipant(p);
   }
+  // Coming in while a side room is on: the group's word for it, from who is marked away.
+  const away = (d.participants || []).filter((p) => p.side_room);
+  state.sideRooms.clear();
+  for (const t of away.filter((p) => p.role === 'therapist')) state.sideRooms.set(t.id, away.map((p) => p.id));
+  renderSideRoomBanner();
   updateMediaButtons();
   startClock();
 }
@@ -860,7 +865,8 @@ function updateTile(id) {
   const tile = tileFor(id);
   if (!p || !tile) return;
   const name = p.isLocal ? `${p.name || 'You'} (you)` : p.name || 'Participant';
-  tile.setAttribute('aria-label', name);
+  tile.setAttribute('aria-label', [name, !p.audio && 'muted', p.side_room && 'in a private room']
+    .filter(Boolean).join(', '));
   tile.querySelector('.tile-name').textContent = name;
   tile.querySelector('.tile-role').textContent = roleLabel(p.role);
   tile.querySelector('.tile-avatar span').textContent = initials(p.name);
