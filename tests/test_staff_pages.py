@@ -35,12 +35,15 @@ async def test_create_patient_and_put_on_roster(client, demo, db):
         "csrf_token": token, "legal_name": "Jamie Quinn Ortiz", "level_of_care": "2.1",
         "age_group": "adolescent", "enrolled_on": "2026-11-01", "enrollment_ends_on": "2026-12-31",
         "status": "active", "emergency_contact_name": "Pat Ortiz",
-        "emergency_contact_phone": "555-0199"}, follow_redirects=False)
+        "emergency_contact_phone": "555-0199", "home_address": "14 Elm Court, Springfield",
+        "phone": "555-0142"}, follow_redirects=False)
     assert made.status_code == 303
     page = client.get(made.headers["location"])
     assert "6.0 (program default)" in page.text  # ASAM 2.1 adolescent default target
+    assert 'value="14 Elm Court, Springfield"' in page.text and 'value="555-0142"' in page.text
     patient = (await db.execute(select(Patient).where(Patient.legal_name == "Jamie Quinn Ortiz"))
                ).scalar_one()
+    assert (patient.home_address, patient.phone) == ("14 Elm Court, Springfield", "555-0142")
     assert patient.display_name == "Jamie O."
     issued = client.post(made.headers["location"], data={"csrf_token": token,
                                                          "action": "issue-link"})

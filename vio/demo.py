@@ -179,7 +179,7 @@ async def _past_week(db: AsyncSession, people: DemoPeople, now: datetime) -> Non
             joined = start + timedelta(minutes=LIVE_SESSION_MINUTES - minutes)
             for at, kind, detail in (
                     (joined - timedelta(minutes=2), AttendanceKind.CHECKED_IN,
-                     {"location": "home", "address": patient.usual_location}),
+                     {"location": "home", "address": patient.home_address}),
                     (joined, AttendanceKind.ADMITTED, {}),
                     (joined, AttendanceKind.MEDIA, {"audio": True, "video": True}),
                     (start + timedelta(minutes=LIVE_SESSION_MINUTES), AttendanceKind.LEFT, {})):

@@ -50,6 +50,8 @@ TEXT_LIMITS: dict[str, int] = {
     "terms": 10,
     "title": 200,
     "usual_location": 300,
+    "home_address": 300,
+    "phone": 40,
     "waiting_room": 40,
 }
 # Fields that are numbers, dates or times (checked by ``whole``, ``day``, ``clock_time``).

@@ -135,6 +135,8 @@ def _fill_patient(patient: Patient, form: FormData) -> None:
                                                 "Emergency contact", required=False)
     patient.emergency_contact_phone = forms.text(form, "emergency_contact_phone", "Phone",
                                                  required=False)
+    patient.home_address = forms.text(form, "home_address", "Home address", required=False)
+    patient.phone = forms.text(form, "phone", "Patient phone", required=False)
     patient.usual_location = forms.text(form, "usual_location", "Usual location",
                                         required=False)
 
