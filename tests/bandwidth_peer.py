@@ -1,18 +1,19 @@
 """One participant of ``tests/test_bandwidth_live.py``, run in a network namespace.
 
 ``python -m tests.bandwidth_peer ARGS_JSON``: signs in with ``link`` (and ``email`` and
-``password`` for a therapist) at ``base_url``, joins the session open now as a :class:`vio.bot.Bot`
-and, every ``REPORT_SECONDS``, replaces the JSON file ``status`` with what it has received: audio
-and video frames per remote participant (by role), the videos the server says are paused for
-this connection's bandwidth, and every ``video-paused`` message with the moment
-(``time.monotonic()``) it arrived. A publisher (``publish``) sends a noisy camera, which needs
-far more than the throttled link's bitrate, and (with ``mic``) the bot's tone. It runs until
-SIGTERM or ``seconds``.
+``password`` for a therapist), joins the session open now as a :class:`vio.bot.Bot` and, every
+``REPORT_SECONDS``, replaces the JSON file ``status`` with what it has received: audio and
+video frames per remote participant (by role), the videos the server says are paused for this
+connection's bandwidth, and every ``video-paused`` message with the moment
+(``time.monotonic()``) it arrived. It sends ``ping`` now and then, as the room page does. A
+publisher (``publish``) sends a noisy camera, which needs far more than the throttled link's
+bitrate, and (with ``mic``) the bot's tone. It runs until SIGTERM or ``seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import os
@@ -24,12 +25,16 @@ from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from websockets.exceptions import ConnectionClosed
 
 from vio.bot import Bot, check_in_at_home, joinable_sessions, sign_in
 
 REPORT_SECONDS = 0.25
 """How often the status file is rewritten."""
-NOISE_WIDTH, NOISE_HEIGHT, NOISE_FPS = 160, 120, 15
+KEEPALIVE_SECONDS = 15.0
+"""How often a ``ping`` is sent: a participant that says nothing for ``VIO_WS_IDLE_TIMEOUT_SECONDS``
+(45 s) is dropped, and the bot itself only answers offers."""
+NOISE_WIDTH, NOISE_HEIGHT, NOISE_FPS = 96, 64, 15
 """The noisy camera: random pixels, several hundred kbit/s in VP8 whatever the encoder's target."""
 
 
@@ -99,6 +104,14 @@ async def report(peer: Peer, path: Path) -> None:
         await asyncio.sleep(REPORT_SECONDS)
 
 
+async def keep_alive(peer: Peer) -> None:
+    while True:
+        await asyncio.sleep(KEEPALIVE_SECONDS)
+        if peer.admitted.is_set():
+            with contextlib.suppress(ConnectionClosed, AssertionError):
+                await peer.send({"type": "ping"})
+
+
 async def main(args: dict[str, Any]) -> None:
     web = await asyncio.to_thread(sign_in, args["link"], args.get("email"), args.get("password"))
     sessions = await asyncio.to_thread(joinable_sessions, web)
@@ -109,11 +122,13 @@ async def main(args: dict[str, Any]) -> None:
                 mic=args["mic"], admit_all=args.get("admit_all", False), reconnect=False)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, peer.stop)
-    reporter = asyncio.create_task(report(peer, Path(args["status"])))
+    tasks = [asyncio.create_task(report(peer, Path(args["status"]))),
+             asyncio.create_task(keep_alive(peer))]
     try:
         await peer.run(args["seconds"])
     finally:
-        reporter.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ MEDIA_SECONDS = 30.0
 PAUSE_SECONDS = 20.0
 """How long the throttled receiver may take to be told its video is paused."""
 SETTLE_SECONDS = 0.5
-"""After the message, packets already queued on the throttled link may still arrive."""
+"""After the last pause, packets already queued on the throttled link may still arrive."""
 WINDOW_SECONDS = 3.0
 """How long the receiver's audio and the paused video are counted while throttled."""
 THROTTLED_SECONDS = 12.0
@@ -161,6 +161,9 @@ def test_a_throttled_receiver_keeps_audio_loses_video_with_a_message_and_gets_it
                 throttled_at = time.monotonic()
                 paused = receiver.wait("a video-paused message", seconds(PAUSE_SECONDS),
                                        lambda s: bool(s["paused"]), log)
+                # Each video needs more than the link carries: all of them go, one by one.
+                receiver.wait("every video paused", seconds(PAUSE_SECONDS),
+                              lambda s: len(s["paused"]) == 2, log)
                 time.sleep(SETTLE_SECONDS)
                 start = receiver.read()
                 time.sleep(WINDOW_SECONDS)

@@ -8,9 +8,12 @@ server's senders on its connection:
   video streams, aiortc one per stream; each SSRC is credited with an equal share of the
   estimate that lists it, and the receiver's estimate is the sum of the shares reported in the
   last ``report_max_age_s``. A receiver that gets no video at all sends no REMB; then there is
-  no estimate. The estimate is *falling* while the latest REMB for some set of SSRCs is lower
-  than the one before it for the same set: a receive-side estimator lowers its estimate only
-  when it sees the link overused (its rate control holds or raises it otherwise).
+  no estimate. The estimate is *falling* while the latest REMB for some set of SSRCs, reaching
+  the server at least ``settle_s`` after the last change, is lower than the one before it for
+  the same set: a receive-side estimator lowers its estimate only when it sees the link
+  overused (its rate control holds or raises it otherwise), and then to 0.85 times the
+  bitrate that arrived over the last second, which right after a change is not yet the
+  bitrate of what is forwarded now (a resumed video starts with a burst, a keyframe).
 * **Receiver reports**: the fraction of packets lost since the last report, per SSRC, on every
   stream it receives, audio included (so loss is still seen when REMB is slow to fall or
   absent). The receiver's loss is the highest fraction reported by a report that reached the
@@ -61,8 +64,9 @@ class BandwidthRules:
     """A reported loss of this fraction or more pauses one more video."""
     loss_resume: float = 0.02
     """Resume only while the reported loss is at most this fraction."""
-    settle_s: float = 1.5
-    """Reports that reach the server sooner than this after a change do not judge it."""
+    settle_s: float = 2.0
+    """Reports (loss, falling REMB) that reach the server sooner than this after a change do
+    not judge it: they describe the link before it, or a second that it only began."""
     resume_hold_s: float = 4.0
     """How long the link must look healthy before one paused video resumes."""
     resume_hold_max_s: float = 30.0
@@ -148,9 +152,11 @@ class ReceiverLink:
         return sum(report.value for report in self._remb.values())
 
     def falling(self, now: float) -> bool:
-        """Whether the latest REMB for some set of SSRCs is lower than the one before."""
+        """Whether the latest REMB for some set of SSRCs is lower than the one before (of
+        those that reached the server ``settle_s`` or more after the last change)."""
         self._forget(self._remb_sets, now)
-        return any(report.falling for report in self._remb_sets.values())
+        since = self._changed_at + self.rules.settle_s
+        return any(r.falling for r in self._remb_sets.values() if r.at >= since)
 
     def loss(self, now: float) -> float | None:
         """The highest loss reported since the last change settled, or ``None``."""

@@ -642,12 +642,23 @@ class MediaRouter:
                 for pid in self._video_order(p)
                 if "video" not in self._forwarding_off.get(pid, ())
             ]
+            seen = (p.link.estimate(now), p.link.falling(now), p.link.loss(now))
             paused = p.link.decide(now, videos)
             ordered = tuple(v.publisher for v in videos if v.publisher in paused)
             if ordered != p.paused_for_bandwidth:
                 p.paused_for_bandwidth = ordered
                 changed.append(p)
+                self._log_bandwidth(p, videos, *seen)
         return changed
+
+    def _log_bandwidth(self, p: _Participant, videos: list[VideoNeed], estimate: float | None,
+                       falling: bool, loss: float | None) -> None:
+        logger.info(
+            "%s: %d of %d videos paused for bandwidth (estimate %s kbit/s%s, loss %s, "
+            "need %s kbit/s)", p.pid, len(p.paused_for_bandwidth), len(videos),
+            "none" if estimate is None else round(estimate / 1000),
+            ", falling" if falling else "", "none" if loss is None else f"{loss:.0%}",
+            [round(v.bps / 1000) for v in videos])
 
     def _allowed_video(self, receiver: _Participant) -> frozenset[str]:
         """Therapists plus the ``max_video_forwarded`` most recent speakers, never oneself."""
