@@ -168,6 +168,9 @@ async def test_a_session_ended_early_offers_no_join_and_its_unheld_time_is_not_s
     over = client.get(f"/sessions/{group.id}/check-in")
     assert over.status_code == 410
     assert "This session has ended" in over.text and 'href="/me"' in over.text
+    # So does the room's own address, checked in or not.
+    room = client.get(f"/sessions/{group.id}/room")
+    assert room.status_code == 410 and "This session has ended" in room.text
 
 
 async def test_check_in_offers_the_home_on_record_and_saves_it(client, db, demo, settings, clock):

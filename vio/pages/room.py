@@ -65,6 +65,8 @@ async def room_page(request: Request) -> Response:
             facts = await records.load_facts(db, session.id, app.clock.now())
             if facts is None or viewer.patient.id not in facts.patient_ids:
                 return not_on_schedule(request)
+            if facts.status is SessionStatus.ENDED or facts.status is SessionStatus.CANCELLED:
+                return session_over(request, facts.status)
             if await records.latest_check_in(db, session.id, viewer.patient.id) is None:
                 return RedirectResponse(f"/sessions/{session.id}/check-in", status_code=303)
         program = await db.get(Program, session.program_id)

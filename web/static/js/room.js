@@ -386,7 +386,7 @@ function setUpPrejoin() {
     $('name-field').hidden = false;
     $('display-name').value = config.displayName;
   }
-  $('joining-as').textContent = config.displayName ? `You are joining as ${config.displayName}.` : '';
+  $('joining-as').textContent = config.displayName ? endSentence(`You are joining as ${config.displayName}`) : '';
   $('joining-as').hidden = config.role === 'family' || !config.displayName;
 }
 
