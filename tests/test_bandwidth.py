@@ -17,6 +17,8 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtcpRrPacket, unpack_remb_
 from tests.conftest import seconds
 from vio.media import CounterVideoTrack, announce_host_addresses, seams
 from vio.media.bandwidth import BandwidthRules, ReceiverLink, VideoNeed
+from vio.models import WaitingRoomPolicy
+from vio.rooms.effects import Send
 
 RULES = BandwidthRules()
 
@@ -247,3 +249,22 @@ async def test_rtcp_observers_see_a_receivers_reports_and_remb_and_aiortc_still_
     del sender, sending
     gc.collect()
     assert gone() is None
+
+
+# --- the message, from the room -------------------------------------------------------------
+
+
+def test_the_room_tells_only_the_receiver_which_videos_its_link_cannot_carry() -> None:
+    from tests.test_room import PATIENTS, THERAPIST, join, new_room
+
+    room = new_room(waiting_room=WaitingRoomPolicy.OPEN)
+    jordan, _ = join(room, THERAPIST)
+    dana, _ = join(room, PATIENTS[0])
+    eli, _ = join(room, PATIENTS[1])
+    effects = room.video_paused(dana.id, [jordan.id, eli.id])
+    assert [(e.to, e.message) for e in effects if isinstance(e, Send)] == [
+        ((dana.outbox,), {"type": "video-paused", "participant_ids": [jordan.id, eli.id],
+                          "reason": "bandwidth"})]
+    (back,) = room.video_paused(dana.id, [])
+    assert isinstance(back, Send) and back.message["participant_ids"] == []
+    assert room.video_paused("p-gone", [jordan.id]) == []
