@@ -54,7 +54,7 @@ __all__ = ["BandwidthRules", "ReceiverLink", "VideoNeed"]
 class BandwidthRules:
     """The thresholds of :class:`ReceiverLink`; durations in seconds, fractions from 0 to 1.
 
-    ``vio.media.router.MediaConfig`` carries each as a ``bandwidth_*`` setting.
+    ``vio.media.router.MediaConfig.bandwidth`` holds the router's.
     """
 
     pause_ratio: float = 0.7
