@@ -26,7 +26,7 @@ from aiortc import (
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
-from aiortc.rtp import is_rtcp
+from aiortc.rtp import RtpPacket, is_rtcp
 
 from vio.media import CounterVideoTrack, MediaConfig, read_counter, seams
 from vio.media.router import MediaRouter
@@ -248,6 +248,23 @@ async def test_a_change_of_publisher_is_decodable_from_the_next_keyframe(
               f"keyframe requests {dict(requests)}")
         assert requests["bob"] >= 1
         assert not [rec for rec in caplog.records if "failed to decode" in rec.getMessage()]
+
+        # A long run: far more than 2**15 packets after forwarding started, every one still
+        # goes out (the start is kept within reach, so the comparison never wraps around).
+        latest: list[RtpPacket] = []
+        add = sources["bob"].add
+        sources["bob"].add = lambda packet: (latest.append(packet), add(packet))[1]  # type: ignore[method-assign]
+        await eventually(lambda: bool(latest), 2, "a packet from bob")
+        template = latest[-1]
+        sent = leg.packets_sent
+        filler = b"\x80\x80\x80\x01" + bytes(8)  # a VP8 continuation: never starts a frame
+        for i in range(1, 40001):
+            packet = RtpPacket(payload_type=template.payload_type,
+                               sequence_number=(template.sequence_number + i) & 0xFFFF,
+                               timestamp=template.timestamp, ssrc=template.ssrc)
+            packet.payload = filler
+            leg.forward(packet, False, time.time(), 0)
+        assert leg.packets_sent - sent == 40000
     finally:
         for peer in peers:
             await peer.close()

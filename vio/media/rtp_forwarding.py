@@ -25,8 +25,9 @@ reassembled, queued or repacketised, and no task runs per leg or per packet:
   browser keeps each publisher's audio and video in sync.
 
 The aiortc ``RTCRtpSender`` of a leg stays in place for negotiation and RTCP: its track is a
-:class:`LegTrack`, which never yields a frame, and its RTCP task reports this leg's counters
-(:func:`vio.media.seams.replace_sender_reports`).
+:class:`LegTrack`, which never yields a frame, and its RTCP task reports this leg's counters,
+only while the leg sends (:func:`vio.media.seams.replace_sender_reports`): a leg that carries
+nothing costs no timer.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from aiortc.rtcrtpreceiver import RemoteStreamTrack
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpRtpfbPacket, RtcpSenderInfo, RtpPacket
 
 from . import seams
-from .passthrough import KeyframeRequester
+from .passthrough import KeyframeRequester, install_passthrough_hooks
 
 __all__ = [
     "HISTORY_SIZE",
@@ -67,6 +68,11 @@ _NTP_EPOCH_OFFSET = 2208988800
 """Seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)."""
 _NO_FRAME = (False, None)
 _NO_LAG = float("inf")
+_START_WINDOW = 0x4000
+_LATE_WINDOW = 0x1000
+"""Forwarding starts at a sequence number, and packets from before it are dropped; once the
+publisher is ``_START_WINDOW`` past it, it moves up to ``_LATE_WINDOW`` behind the newest (far
+more than the NACK history), so that the comparison never wraps around."""
 _RTX_HEAD = struct.Struct("!BBH")
 _SSRC = struct.Struct("!I")
 
@@ -205,6 +211,7 @@ class _SourceTrack(RemoteStreamTrack):
 
 def attach_rtp_source(receiver: RTCRtpReceiver, source: RtpSource) -> None:
     """Make ``receiver`` (not yet negotiated) hand each packet to ``source``, decoding nothing."""
+    install_passthrough_hooks()  # the replaced decoder thread leaves this receiver alone
     seams.set_receiver_track(receiver, _SourceTrack(source))
     seams.replace_decoder_queue(receiver, _ReceiverEnd(source))
     seams.replace_jitter_buffer(receiver, source)
@@ -279,10 +286,12 @@ class RtpLeg:
         self._packets = 0
         self._octets = 0
         self._history: list[bytes | None] = [None] * HISTORY_SIZE if self._is_video else []
+        self._reporting = asyncio.Event()
+        """Set while sender reports are due: from the first packet sent until a pause."""
         seams.on_sender_start(sender, self._started)
         seams.on_keyframe_request(sender, self.request_keyframe)
         seams.observe_sender_rtcp(sender, self._on_rtcp)
-        seams.replace_sender_reports(sender, self.sender_info)
+        seams.replace_sender_reports(sender, self.sender_info, self._reporting)
         source.attach(self)
 
     @property
@@ -314,7 +323,9 @@ class RtpLeg:
         if paused == self._paused:
             return
         self._paused = paused
-        if not paused:
+        if paused:
+            self._reporting.clear()
+        else:
             self._restart_needed = True
             if self._output is not None:
                 self._source.request_keyframe(new_leg=True)
@@ -340,6 +351,7 @@ class RtpLeg:
         if self._stopped:
             return
         self._stopped = True
+        self._reporting.clear()
         self._source.detach(self)
         self.track.stop()
 
@@ -395,8 +407,12 @@ class RtpLeg:
                 self._source.request_keyframe()
                 return
             self._restart(packet, wall)
-        elif (seq - self._start_seq) & 0xFFFF >= 0x8000:
-            return  # from before forwarding (re)started
+        else:
+            behind_start = (seq - self._start_seq) & 0xFFFF
+            if behind_start >= 0x8000:
+                return  # from before forwarding (re)started, or too late to matter
+            if behind_start >= _START_WINDOW:  # keep the start within reach of new packets
+                self._start_seq = (seq - _LATE_WINDOW) & 0xFFFF
         out_seq = (seq + self._seq_offset) & 0xFFFF
         out_ts = (packet.timestamp + self._ts_offset) & 0xFFFFFFFF
         payload = packet.payload
@@ -432,6 +448,7 @@ class RtpLeg:
             advance = max(1, int((wall - self._last_wall) * self._clock_rate))
         self._ts_offset = (self._last_ts + advance - packet.timestamp) & 0xFFFFFFFF
         self._lag = self._lag_before = _NO_LAG  # a new timeline: report from its packets
+        self._reporting.set()
 
     # --- RTCP ----------------------------------------------------------------------------------
 

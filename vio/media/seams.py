@@ -555,14 +555,17 @@ SenderInfo = Callable[[], "RtcpSenderInfo | None"]
 """What one sender report says now, or ``None`` while there is nothing to report."""
 
 
-def replace_sender_reports(sender: RTCRtpSender, sender_info: SenderInfo) -> None:
+def replace_sender_reports(
+    sender: RTCRtpSender, sender_info: SenderInfo, reporting: asyncio.Event
+) -> None:
     """Make ``sender``'s RTCP task report ``sender_info()`` instead of its own counters.
 
     ``RTCRtpSender._run_rtcp`` sends an SR (+ SDES CNAME) every 0.5-1.5 s built from counters
     that only its own RTP task updates; a sender whose packets are sent by someone else would
     report nothing sent, at NTP time 0. This runs the same loop (the same interval, the same
     bookkeeping for round-trip times, RTCP BYE when stopped) with ``sender_info()`` instead,
-    sending no SR while it returns ``None``. Set before the sender starts.
+    sending no SR while it returns ``None``, and waiting without a timer while ``reporting``
+    is clear: a sender with nothing to report costs nothing. Set before the sender starts.
     """
     state = {name: _SENDER + name for name in _SENDER_REPORT_STATE}
     started: asyncio.Event = getattr(sender, state["rtcp_started"])
@@ -572,6 +575,7 @@ def replace_sender_reports(sender: RTCRtpSender, sender_info: SenderInfo) -> Non
         started.set()
         try:
             while True:
+                await reporting.wait()
                 await asyncio.sleep(0.5 + random.random())
                 info = sender_info()
                 if info is None:
