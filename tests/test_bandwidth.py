@@ -77,6 +77,9 @@ CASES: dict[str, list[Remb | Loss | Decide]] = {
     "aiortc's one REMB per stream adds up": [
         *[Remb(0, 300_000, (ssrc,)) for ssrc in SSRCS], Decide(0.1, NONE),
         *[Remb(0.5, 200_000, (ssrc,)) for ssrc in SSRCS], Decide(0.6, LAST)],
+    "one REMB handed to each sender it lists is one fall": [
+        Remb(0, 1_000_000), Remb(0.5, 500_000), Remb(0.5, 500_000), Remb(0.5, 500_000),
+        Decide(0.6, LAST)],
     "Chromium's one REMB for all streams is shared, not counted thrice": [
         Remb(0, 900_000), Decide(0.1, NONE), Remb(1, 600_000), Decide(1.1, LAST)],
     "a REMB fall that reaches the server right after a change does not judge it": [

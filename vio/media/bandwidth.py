@@ -9,8 +9,8 @@ server's senders on its connection:
   estimate that lists it, and the receiver's estimate is the sum of the shares reported in the
   last ``report_max_age_s``. A receiver that gets no video at all sends no REMB; then there is
   no estimate. The estimate is *falling* while the latest REMB for some set of SSRCs, reaching
-  the server at least ``settle_s`` after the last change, is lower than the one before it for
-  the same set: a receive-side estimator lowers its estimate only when it sees the link
+  the server at least ``settle_s`` after the last change, is lower than the last different one
+  for the same set: a receive-side estimator lowers its estimate only when it sees the link
   overused (its rate control holds or raises it otherwise), and then to 0.85 times the
   bitrate that arrived over the last second, which right after a change is not yet the
   bitrate of what is forwarded now (a resumed video starts with a burst, a keyframe).
@@ -136,8 +136,15 @@ class ReceiverLink:
         key = frozenset(covered)
         self._forget(self._remb_sets, now)
         before = self._remb_sets.get(key)
-        self._remb_sets[key] = _Report(now, bitrate, before is not None
-                                       and bitrate < before.value)
+        if before is None:
+            falling = False
+        elif bitrate == before.value:
+            # The same estimate again: aiortc hands one REMB to each sender it lists, and an
+            # estimator holding after a fall repeats it.
+            falling = before.falling
+        else:
+            falling = bitrate < before.value
+        self._remb_sets[key] = _Report(now, bitrate, falling)
 
     def note_loss(self, now: float, ssrc: int, fraction: float) -> None:
         """A receiver report said ``fraction`` (0 to 1) of ``ssrc``'s packets were lost."""
@@ -152,7 +159,7 @@ class ReceiverLink:
         return sum(report.value for report in self._remb.values())
 
     def falling(self, now: float) -> bool:
-        """Whether the latest REMB for some set of SSRCs is lower than the one before (of
+        """Whether the latest REMB for some set of SSRCs is lower than the last different one (of
         those that reached the server ``settle_s`` or more after the last change)."""
         self._forget(self._remb_sets, now)
         since = self._changed_at + self.rules.settle_s
