@@ -58,8 +58,9 @@ __all__ = [
     "vp8_starts_keyframe",
 ]
 
-HISTORY_SIZE = 512
-"""Video packets a leg keeps to answer NACKs (about 10 s at the publish caps' ~50 packets/s)."""
+HISTORY_SIZE = 256
+"""Video packets a leg keeps to answer NACKs: 5-8 s at the publish caps (30-50 packets/s),
+far longer than a receiver waits for a retransmission; a paused leg keeps none."""
 
 _HISTORY_MASK = HISTORY_SIZE - 1
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -325,6 +326,8 @@ class RtpLeg:
         self._paused = paused
         if paused:
             self._reporting.clear()
+            if self._is_video:
+                self._history = [None] * HISTORY_SIZE
         else:
             self._restart_needed = True
             if self._output is not None:
