@@ -17,8 +17,9 @@ rules:
   counts as attended but as neither (modifier 95 vs 93).
 - A therapist's hold is not the patient's modality. While a therapist holds back a person's
   video (``stop-video``) or microphone (``mute``, ``lock-mic``), that kind counts as still
-  coming (if it was coming when the hold began), as long as the other one arrives: such time is audio-video held by a therapist
-  (``Modality.HELD_BY_THERAPIST``), billed like audio-video (95), never turned into 93. A hold
+  coming (if it was coming when the hold began), as long as the other one arrives: such time
+  is audio-video held by a therapist (``Modality.HELD_BY_THERAPIST``), billed like
+  audio-video (95), never turned into 93. A hold
   lasts until the person's own media of that kind reaches the server again (holds outlive a
   reconnect), or the session's end.
 
