@@ -7,13 +7,15 @@ server's senders on its connection:
   bitrate it can take, listing the SSRCs it covers. Chromium sends one estimate for all its
   video streams, aiortc one per stream; each SSRC is credited with an equal share of the
   estimate that lists it, and the receiver's estimate is the sum of the shares reported in the
-  last ``report_max_age_s``. A receiver that gets no video at all sends no REMB; then there is
-  no estimate. The estimate is *falling* while the latest REMB for some set of SSRCs, reaching
-  the server at least ``settle_s`` after the last change, is lower than the last different one
-  for the same set: a receive-side estimator lowers its estimate only when it sees the link
-  overused (its rate control holds or raises it otherwise), and then to 0.85 times the
-  bitrate that arrived over the last second, which right after a change is not yet the
-  bitrate of what is forwarded now (a resumed video starts with a burst, a keyframe).
+  last ``report_max_age_s``. A receiver that gets no video at all may send no REMB (aiortc);
+  then there is no estimate. The estimate is *falling* while the latest REMB for some set of
+  SSRCs, reaching the server at least ``settle_s`` after the last change, is lower than the
+  one before it for the same set (one REMB counts once, however many senders it reaches): a
+  receive-side estimator lowers its estimate only when it sees the link overused (its rate
+  control holds or raises it otherwise), and then to 0.85 times the bitrate that arrived over
+  the last second, which right after a change is not yet the bitrate of what is forwarded now
+  (a resumed video starts with a burst, a keyframe). The same estimate again is steady, not
+  falling: Chromium repeats its last one every few seconds while every video is paused.
 * **Receiver reports**: the fraction of packets lost since the last report, per SSRC, on every
   stream it receives, audio included (so loss is still seen when REMB is slow to fall or
   absent). The receiver's loss is the highest fraction reported by a report that reached the
@@ -34,7 +36,7 @@ healthy for the current hold: loss at most ``loss_resume`` and the estimate not 
 Every resume is a probe, judged by the loss and the estimate that follow it. The estimate
 cannot say beforehand that a paused video fits: a receive-side estimator's rate control
 keeps its estimate within 1.5 times the bitrate arriving (plus 10 kbit/s), it raises it by
-about 8 % a second, and it sends none for a stream that is paused. Right after a resume it
+about 8 % a second, and it learns nothing of a stream that is paused. Right after a resume it
 still reports what it had settled at when the link was bad, which is why only a falling
 estimate pauses. A resume followed by a pause within ``probe_s`` failed: the hold doubles,
 up to ``resume_hold_max_s``; one that lasts resets the hold to ``resume_hold_s``. No I/O, no
@@ -136,15 +138,8 @@ class ReceiverLink:
         key = frozenset(covered)
         self._forget(self._remb_sets, now)
         before = self._remb_sets.get(key)
-        if before is None:
-            falling = False
-        elif bitrate == before.value:
-            # The same estimate again: aiortc hands one REMB to each sender it lists, and an
-            # estimator holding after a fall repeats it.
-            falling = before.falling
-        else:
-            falling = bitrate < before.value
-        self._remb_sets[key] = _Report(now, bitrate, falling)
+        self._remb_sets[key] = _Report(now, bitrate, before is not None
+                                       and bitrate < before.value)
 
     def note_loss(self, now: float, ssrc: int, fraction: float) -> None:
         """A receiver report said ``fraction`` (0 to 1) of ``ssrc``'s packets were lost."""
@@ -159,7 +154,7 @@ class ReceiverLink:
         return sum(report.value for report in self._remb.values())
 
     def falling(self, now: float) -> bool:
-        """Whether the latest REMB for some set of SSRCs is lower than the last different one (of
+        """Whether the latest REMB for some set of SSRCs is lower than the one before (of
         those that reached the server ``settle_s`` or more after the last change)."""
         self._forget(self._remb_sets, now)
         since = self._changed_at + self.rules.settle_s

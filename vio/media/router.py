@@ -185,6 +185,8 @@ class _Participant:
     """Video payload bytes received from this participant so far."""
     video_samples: deque[tuple[float, int]] = field(default_factory=deque)
     video_bps: float = 0.0
+    last_rtcp: Any = None
+    """The last RTCP packet noted: aiortc hands one packet to each sender it concerns."""
 
     @property
     def last_loud(self) -> float:
@@ -550,6 +552,9 @@ class MediaRouter:
 
     def _on_receiver_rtcp(self, p: _Participant, packet: Any) -> None:
         """Note what ``p``'s RTCP says about its downlink: REMB, and loss in its reports."""
+        if packet is p.last_rtcp:
+            return
+        p.last_rtcp = packet
         now = time.monotonic()
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for report in packet.reports:
