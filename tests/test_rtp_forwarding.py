@@ -244,6 +244,9 @@ async def test_a_change_of_publisher_is_decodable_from_the_next_keyframe(
         stats = await viewer.getStats()
         inbound = [s for s in stats.values() if s.type == "inbound-rtp"]
         assert [s.packetsLost for s in inbound] == [0], "sequence numbers jumped"
+        # The leg's own sender reports reached the viewer, counting what it forwarded.
+        reported = [s.packetsSent for s in stats.values() if s.type == "remote-outbound-rtp"]
+        assert len(reported) == 1 and 0 < reported[0] <= leg.packets_sent, reported
         print(f"bob's first frame {after[first_bob][0] - switched_at:.2f} s after the change; "
               f"keyframe requests {dict(requests)}")
         assert requests["bob"] >= 1
