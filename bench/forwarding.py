@@ -407,4 +407,8 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    try:
+        raise SystemExit(asyncio.run(main()))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("forwarding.py: stopped (SIGTERM or Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
