@@ -8,10 +8,12 @@ whichever comes first, so nothing outlives a crashed driver.
 
 Children:
 
-* ``server``: a media server with one of two backends. ``vio`` is a :class:`MediaRouter`
+* ``server``: a media server with one of three backends. ``vio`` is a :class:`MediaRouter`
   (passthrough, selective video); ``relay`` is a minimal aiortc server that forwards one
   publisher with aiortc's ``MediaRelay``, which decodes once and encodes again for every
-  receiver (the baseline). It reports its own CPU time (``CLOCK_PROCESS_CPUTIME_ID``: all
+  receiver (the baseline); ``passthrough`` is a minimal aiortc server that hands the
+  publisher's reassembled frames to every receiver undecoded (:class:`PassthroughBackend`).
+  It reports its own CPU time (``CLOCK_PROCESS_CPUTIME_ID``: all
   threads, user and system) and the RTP packets its senders sent. A :class:`Variant` picks its
   event loop (asyncio or uvloop) and, to compare with an older vio side by side, the directory
   of another ``vio`` package to import instead of this checkout's.

@@ -90,6 +90,11 @@ def unavailable() -> str | None:
         import websockets  # noqa: F401
     except ImportError:
         return "the Python package `websockets` is not installed"
+    probe = f"viobenchprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 

@@ -70,6 +70,11 @@ def janus_unavailable() -> str | None:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "ip (iproute2) is not installed"
+    probe = f"viobenchprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return None
 
 
