@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import seconds
+from tests.conftest import seconds, stop_process
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
@@ -83,8 +83,16 @@ def test_forwarding_compares_janus_at_the_same_packet_rate() -> None:
     reason = janus_unavailable()
     if reason is not None:
         pytest.skip(reason)  # a benchmark's optional peer, never required
-    out = run("forwarding.py", 90, "--janus", "--backends", "vio", "--kind", "audio",
-              "--ks", "1,2")
+    driver = subprocess.Popen(
+        [sys.executable, str(BENCH / "forwarding.py"), "--quick", "--smoke", "--janus",
+         "--backends", "vio", "--kind", "audio", "--ks", "1,2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=BENCH.parent)
+    try:
+        out, err = driver.communicate(timeout=seconds(90))
+    finally:
+        if driver.poll() is None:
+            stop_process(driver)  # type: ignore[arg-type]  # SIGTERM: it removes its namespace
+    assert driver.returncode == 0, f"forwarding.py --janus failed:\n{out}\n{err[-4000:]}"
     rows = table_rows(out, "backend", "kind", "K", "server CPU %", "CPU % per stream",
                       "fps min", "fps median", "packets/s out")
     assert {(r[0], r[2]) for r in rows} == {("vio", "1"), ("vio", "2"), ("janus", "1"),
@@ -100,8 +108,9 @@ def test_forwarding_compares_janus_at_the_same_packet_rate() -> None:
     ratio = re.search(r"^ratio vio/janus audio per leg: (-?[0-9.]+|nan), per packet: "
                       r"(-?[0-9.]+|nan)$", out, re.MULTILINE)
     assert ratio is not None, out[-2000:]
-    assert "viobench" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                            text=True).stdout, "the namespace was left behind"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    names = {line.split()[0] for line in listed.splitlines() if line.strip()}
+    assert f"viobench{driver.pid}" not in names, "the namespace was left behind"
 
 
 def test_room_prints_cpu_frame_rates_and_late_joins() -> None:
