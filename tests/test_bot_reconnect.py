@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -289,3 +290,30 @@ async def test_replaced_and_refused_bots_do_not_reconnect(live_server, db, live_
         assert second.participant_id == seat
     finally:
         await bots.finish()
+
+
+async def test_a_bot_that_only_watches_is_not_dropped_as_idle(db, live_settings, clock, engine,
+                                                             demo):
+    """The server drops a client it has not heard from; a joined bot pings, like a browser."""
+    quiet = dataclasses.replace(live_settings, ws_idle_timeout_seconds=seconds(1.5))
+    async with serving(quiet, clock) as server:
+        url = f"{server.ws_base}/ws/sessions/{await live_session_id(db)}"
+        cookie = await patient_cookie(db, quiet, clock, server, ROSTER[0])
+        bot = Bot(url, cookie, camera=False, mic=False, reconnect=False,
+                  keep_alive_seconds=seconds(0.5))
+        task = start(bot, within=5 * 1.5)
+        await asyncio.wait_for(bot.admitted.wait(), seconds(10))
+        result = await asyncio.wait_for(task, seconds(30))
+        assert result.refusal is None and result.reconnects == 0
+        # It stayed until its time was up, then left on its own: closed by leave, not idle.
+        assert bot._ws is not None and bot._ws.close_code == 1000
+    # Without the pings the same server drops it as idle.
+    async with serving(quiet, clock) as server:
+        url = f"{server.ws_base}/ws/sessions/{await live_session_id(db)}"
+        cookie = await patient_cookie(db, quiet, clock, server, ROSTER[0])
+        silent = Bot(url, cookie, camera=False, mic=False, reconnect=False,
+                     keep_alive_seconds=seconds(60))
+        task = start(silent, within=30)
+        await asyncio.wait_for(silent.admitted.wait(), seconds(10))
+        await asyncio.wait_for(task, seconds(30))
+        assert silent._ws is not None and silent._ws.close_code == 4408

@@ -55,6 +55,9 @@ MAX_RETRY_SECONDS = 10.0
 """The longest wait between two attempts to reconnect."""
 GIVE_UP_SECONDS = 120.0
 """How long after a drop the bot keeps trying to get back in (``give_up_seconds``)."""
+KEEP_ALIVE_SECONDS = 20.0
+"""How often a joined bot sends ``ping`` (docs/protocol.md: the server drops a client it has
+not heard from for ``VIO_WS_IDLE_TIMEOUT_SECONDS``, 45 s by default)."""
 RECONNECT_CLOSE_CODES = frozenset({1006, 1011, 1012})
 """Abnormal closure (no close frame), ``server-error`` and ``server-restart``."""
 CONNECT_ERRORS = (OSError, TimeoutError, InvalidHandshake)
@@ -187,8 +190,10 @@ class Bot:
 
     def __init__(self, ws_url: str, cookie: str, *, camera: bool = True, mic: bool = True,
                  admit_all: bool = False, name: str | None = None, reconnect: bool = True,
-                 give_up_seconds: float = GIVE_UP_SECONDS) -> None:
+                 give_up_seconds: float = GIVE_UP_SECONDS,
+                 keep_alive_seconds: float = KEEP_ALIVE_SECONDS) -> None:
         self.ws_url = ws_url
+        self.keep_alive_seconds = keep_alive_seconds
         self.cookie = cookie
         self.camera = camera
         self.mic = mic
@@ -280,7 +285,11 @@ class Bot:
             if self.name:
                 join["name"] = self.name
             await ws.send(**join)
-            await self._unless_stopped(self._read(ws))
+            keep_alive = asyncio.create_task(self._keep_alive(ws))
+            try:
+                await self._unless_stopped(self._read(ws))
+            finally:
+                keep_alive.cancel()
             if self._stop.is_set() and not self.result.ended and self.result.refusal is None:
                 self._left = True
                 await ws.send(type="leave")
@@ -321,6 +330,13 @@ class Bot:
             if ws is not None:
                 self.result.reconnects += 1
             return ws
+
+    async def _keep_alive(self, ws: SignalingClient) -> None:
+        """A bot that only watches still says it is there, as a browser does."""
+        with contextlib.suppress(ConnectionClosed):
+            while ws.open:
+                await asyncio.sleep(self.keep_alive_seconds)
+                await ws.send(type="ping")
 
     async def _read(self, ws: SignalingClient) -> None:
         async for msg in ws.incoming():
