@@ -29,6 +29,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtp import RtpPacket, is_rtcp
 
 from vio.media import CounterVideoTrack, MediaConfig, read_counter, seams
+from vio.media.bandwidth import BandwidthRules
 from vio.media.router import MediaRouter
 from vio.media.rtp_forwarding import (
     LegTrack,
@@ -121,7 +122,10 @@ class FastVideoClient(Client):
 
 @pytest.mark.asyncio
 async def test_nack_recovers_five_percent_loss_to_a_receiver(loopback_only: None) -> None:
-    async with room(MediaConfig()) as r:
+    # Receiver-aware video would pause a lossy receiver's video; here it must keep flowing,
+    # so that what is measured is NACK's recovery.
+    keep_video = BandwidthRules(pause_ratio=1e-9, loss_pause=1.0, loss_resume=0.99)
+    async with room(MediaConfig(bandwidth=keep_video)) as r:
         therapist = await r.join("therapist", therapist=True, client_class=FastVideoClient)
         assert isinstance(therapist, FastVideoClient)
         viewer = await r.join("viewer", client_class=LossyClient)

@@ -157,7 +157,8 @@ class RtpSource:
         legs = self._legs
         if legs:
             wall = time.time()
-            abs_send_time = int(wall * 262144) & 0xFFFFFF  # 6.18 fixed point, RFC 5450-like
+            # abs-send-time: seconds in 6.18 fixed point (1900 and 1970 are 64 s apart times n)
+            abs_send_time = int(wall * 262144) & 0xFFFFFF
             for leg in legs:
                 leg.forward(packet, keyframe, wall, abs_send_time)
         return _NO_FRAME
