@@ -20,7 +20,9 @@ from vio.media.bandwidth import BandwidthRules, ReceiverLink, VideoNeed
 from vio.models import WaitingRoomPolicy
 from vio.rooms.effects import Send
 
-RULES = BandwidthRules()
+# The table below judges each lossy report on its own; the default waits for two in a row
+# (tested after the table).
+RULES = BandwidthRules(loss_reports=1)
 
 # The therapist first, then two patients by how recently they spoke; 300 kbit/s each.
 GROUP = (VideoNeed("therapist", 300_000), VideoNeed("ana", 300_000), VideoNeed("ben", 300_000))
@@ -152,8 +154,26 @@ def test_policy(steps: list[Remb | Loss | Decide]) -> None:
             assert got == step.paused, f"step {number} at {step.at} s"
 
 
+def test_by_default_one_lossy_report_is_a_burst_and_two_in_a_row_a_weak_link() -> None:
+    link = ReceiverLink()
+    link.note_loss(0, AUDIO_SSRC, 0.4)
+    assert link.decide(0.1, GROUP) == NONE  # one lossy second
+    link.note_loss(1, AUDIO_SSRC, 0.0)
+    link.note_loss(2, AUDIO_SSRC, 0.4)
+    assert link.decide(2.1, GROUP) == NONE  # a healthy report in between: still bursts
+    link.note_loss(3, AUDIO_SSRC, 0.3)
+    assert link.decide(3.1, GROUP) == LAST  # two in a row
+    settled = 3.1 + BandwidthRules().settle_s
+    link.note_loss(3.5, AUDIO_SSRC, 0.3)  # within the settle time: describes the old link
+    link.note_loss(settled + 0.1, AUDIO_SSRC, 0.3)
+    assert link.decide(settled + 0.2, GROUP) == LAST  # one since the pause settled
+    link.note_loss(settled + 1.1, AUDIO_SSRC, 0.3)
+    assert link.decide(settled + 1.2, GROUP) == PATIENTS
+
+
 def test_hold_doubles_up_to_its_cap_and_resets_after_a_resume_that_lasts() -> None:
-    rules = BandwidthRules(resume_hold_s=2, resume_hold_max_s=5, probe_s=3, settle_s=0.05)
+    rules = BandwidthRules(resume_hold_s=2, resume_hold_max_s=5, probe_s=3, settle_s=0.05,
+                           loss_reports=1)
     link = ReceiverLink(rules)
     now = 0.0
     holds = []
@@ -197,7 +217,7 @@ def test_feedback_out_of_range_is_ignored() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    {"pause_ratio": 0}, {"loss_pause": 0.01, "loss_resume": 0.02},
+    {"pause_ratio": 0}, {"loss_pause": 0.01, "loss_resume": 0.02}, {"loss_reports": 0},
     {"loss_pause": 1.5}, {"settle_s": -1}, {"resume_hold_s": 0},
     {"resume_hold_s": 10, "resume_hold_max_s": 5}, {"report_max_age_s": 0},
 ])

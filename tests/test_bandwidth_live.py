@@ -32,6 +32,7 @@ import pytest
 from tests import netns
 from tests.conftest import REQUIRE_SERVICES, seconds, stop_process
 from tests.netns import Namespace, Network
+from vio.media.bandwidth import BandwidthRules
 
 ROOT = Path(__file__).parent.parent
 VIO = str(Path(sys.executable).with_name("vio"))
@@ -55,6 +56,9 @@ SETTLE_SECONDS = 0.5
 WINDOW_SECONDS = 3.0
 """How long the receiver's audio and the paused video are counted while throttled."""
 THROTTLED_SECONDS = 12.0
+PROBE_UNDONE_SECONDS = BandwidthRules().probe_s + BandwidthRules().settle_s + 2.0
+"""A resume tried on the throttled link is undone within this (the rules' probe window and
+settle time, and the receiver's report interval)."""
 """How long the link stays throttled: long enough for a resume to be tried and undone."""
 IN_FLIGHT_FRAMES = 2
 """Video frames of a paused publisher that may still arrive after ``SETTLE_SECONDS``."""
@@ -288,7 +292,11 @@ def test_the_room_page_on_a_throttled_link_marks_the_paused_tile_keeps_audio_and
             time.sleep(SETTLE_SECONDS + WINDOW_SECONDS)
             held = page.read()
             time.sleep(max(0.0, throttled_at + seconds(THROTTLED_SECONDS) - time.monotonic()))
-            late = page.read()
+            # A probe may be under way at this moment; one that lasted would keep the tile
+            # unmarked past the time a failed probe takes to be undone.
+            late = page.wait("the tile paused at the end of the throttle",
+                             seconds(PROBE_UNDONE_SECONDS), lambda s: s["tiles"][0]["paused"],
+                             page_log)
             place.throttle(False)
             lifted = time.monotonic()
             back = page.wait("the tile unmarked", seconds(RESUME_SECONDS),

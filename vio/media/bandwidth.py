@@ -63,7 +63,10 @@ class BandwidthRules:
     """Pause while a falling estimate is below this share of what the forwarded videos need
     (an estimator that sees the link overused settles at 0.85 times what arrives)."""
     loss_pause: float = 0.1
-    """A reported loss of this fraction or more pauses one more video."""
+    """A reported loss of this fraction or more pauses one more video..."""
+    loss_reports: int = 2
+    """...once this many receiver reports of one stream in a row say so: a single lossy second
+    (a burst, or a receiver that stalled for a moment) is not a weak link."""
     loss_resume: float = 0.02
     """Resume only while the reported loss is at most this fraction."""
     settle_s: float = 2.0
@@ -81,6 +84,8 @@ class BandwidthRules:
     def __post_init__(self) -> None:
         if self.pause_ratio <= 0:
             raise ValueError("BandwidthRules.pause_ratio must be positive")
+        if self.loss_reports < 1:
+            raise ValueError("BandwidthRules.loss_reports must be at least 1")
         if not 0 <= self.loss_resume < self.loss_pause <= 1:
             raise ValueError("BandwidthRules needs 0 <= loss_resume < loss_pause <= 1")
         for name in ("settle_s", "probe_s"):
@@ -118,6 +123,9 @@ class ReceiverLink:
         self._remb_sets: dict[frozenset[int], _Report] = {}
         """The latest REMB for each set of SSRCs, and whether it was lower than the one before."""
         self._loss: dict[int, _Report] = {}
+        self._lossy: dict[int, int] = {}
+        """For each SSRC, how many of its reports in a row (since the last change settled)
+        said ``loss_pause`` or more."""
         self._limit: int | None = None
         """How many videos, from the front, are forwarded; ``None``: all of them."""
         self._changed_at = -float("inf")
@@ -145,6 +153,10 @@ class ReceiverLink:
         """A receiver report said ``fraction`` (0 to 1) of ``ssrc``'s packets were lost."""
         if 0 <= fraction <= 1:
             self._loss[ssrc] = _Report(now, fraction)
+            if fraction < self.rules.loss_pause:
+                self._lossy[ssrc] = 0
+            elif now >= self._changed_at + self.rules.settle_s:
+                self._lossy[ssrc] = self._lossy.get(ssrc, 0) + 1
 
     def estimate(self, now: float) -> float | None:
         """The receiver's estimate in bits per second, or ``None`` when there is none."""
@@ -166,6 +178,14 @@ class ReceiverLink:
         since = self._changed_at + self.rules.settle_s
         fractions = [r.value for r in self._loss.values() if r.at >= since]
         return max(fractions) if fractions else None
+
+    def lossy(self, now: float) -> bool:
+        """Whether some stream's reports, ``loss_reports`` in a row and the latest still
+        current, say ``loss_pause`` or more since the last change settled."""
+        since = self._changed_at + self.rules.settle_s
+        self._forget(self._loss, now)
+        return any(self._lossy.get(ssrc, 0) >= self.rules.loss_reports and r.at >= since
+                   for ssrc, r in self._loss.items())
 
     def _forget(self, reports: dict[Any, _Report], now: float) -> None:
         oldest = now - self.rules.report_max_age_s
@@ -194,7 +214,7 @@ class ReceiverLink:
         if estimate is not None and falling:
             while keep > 0 and _need(videos, keep) * rules.pause_ratio > estimate:
                 keep -= 1
-        if keep == forwarded and loss is not None and loss >= rules.loss_pause:
+        if keep == forwarded and self.lossy(now):
             # One more video that needs something: pausing one that sends nothing (a camera
             # that is off) would not change the loss.
             while keep > 0:
@@ -218,6 +238,7 @@ class ReceiverLink:
         self._limit = keep
         self._changed_at = now
         self._healthy_since = None
+        self._lossy.clear()
 
     def _maybe_resume(self, now: float, videos: Sequence[VideoNeed], forwarded: int,
                       falling: bool, loss: float | None) -> None:
