@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, seconds
+from tests.browser.launch import scenario_result
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.browser
 
 
 def run_scenario(name: str) -> dict:
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    chromium = os.environ.get("VIO_TEST_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        missing.append(chromium)
-    if missing or os.geteuid() != 0:
-        why = f"needs root and {', '.join(missing)}" if missing else "needs root for unshare -n"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"browser tests cannot run: {why}")
-        pytest.skip(f"browser tests cannot run: {why}")
-    result = subprocess.run(
-        ["unshare", "-n", "--", sys.executable, "-m", "tests.browser.harness", name],
-        cwd=ROOT, capture_output=True, text=True, timeout=seconds(240))
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return scenario_result("harness", name)
 
 
 def test_two_browsers_and_a_bot_see_each_other():

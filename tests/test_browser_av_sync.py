@@ -3,18 +3,10 @@ reports work (``tests/browser/av_sync.py``, in a loopback-only network namespace
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, seconds
+from tests.browser.launch import scenario_result
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.browser
 
 MAX_OFFSET_MS = 200.0
@@ -28,21 +20,7 @@ MAX_GROWTH_MS = 80.0
 
 
 def run_av_sync() -> dict:
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    chromium = os.environ.get("VIO_TEST_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        missing.append(chromium)
-    if missing or os.geteuid() != 0:
-        why = f"needs root and {', '.join(missing)}" if missing else "needs root for unshare -n"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"browser tests cannot run: {why}")
-        pytest.skip(f"browser tests cannot run: {why}")
-    result = subprocess.run(
-        ["unshare", "-n", "--", sys.executable, "-m", "tests.browser.av_sync", "av-sync"],
-        cwd=ROOT, capture_output=True, text=True, timeout=seconds(240))
-    assert result.returncode == 0, result.stderr[-4000:]
-    found: dict = json.loads(result.stdout.strip().splitlines()[-1])
-    return found
+    return scenario_result("av_sync", "av-sync")
 
 
 def test_audio_and_video_play_in_sync_without_a_growing_offset():

@@ -3,40 +3,17 @@ namespace (``tests/browser/patient_family.py``): one server and one browser for 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, seconds
+from tests.browser.launch import scenario_result
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.browser
 TIME_WITH_ZONE = r"\d{1,2}:\d\d [AP]M C[SD]T"
 
 
 @pytest.fixture(scope="module")
 def seen() -> dict:
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    chromium = os.environ.get("VIO_TEST_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        missing.append(chromium)
-    if missing or os.geteuid() != 0:
-        why = f"needs root and {', '.join(missing)}" if missing else "needs root for unshare -n"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"browser tests cannot run: {why}")
-        pytest.skip(f"browser tests cannot run: {why}")
-    result = subprocess.run(
-        ["unshare", "-n", "--", sys.executable, "-m", "tests.browser.patient_family",
-         "patient-and-family"], cwd=ROOT, capture_output=True, text=True,
-        timeout=seconds(240))
-    assert result.returncode == 0, result.stderr[-4000:]
-    found: dict = json.loads(result.stdout.strip().splitlines()[-1])
-    return found
+    return scenario_result("patient_family", "patient-and-family")
 
 
 def test_patient_home_on_a_phone_leads_with_live_now_and_join_at_the_fold(seen):

@@ -4,38 +4,17 @@ state, the removed patient's screen, the phone layout, sign-out and the attendan
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, seconds
+from tests.browser.launch import scenario_result
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def day() -> dict:
     """``python -m tests.browser.room_day`` in a loopback-only namespace, once for the module."""
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    chromium = os.environ.get("VIO_TEST_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        missing.append(chromium)
-    if missing or os.geteuid() != 0:
-        why = f"needs root and {', '.join(missing)}" if missing else "needs root for unshare -n"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"browser tests cannot run: {why}")
-        pytest.skip(f"browser tests cannot run: {why}")
-    result = subprocess.run(
-        ["unshare", "-n", "--", sys.executable, "-m", "tests.browser.room_day"],
-        cwd=ROOT, capture_output=True, text=True, timeout=seconds(240))
-    assert result.returncode == 0, result.stderr[-4000:]
-    seen: dict = json.loads(result.stdout.strip().splitlines()[-1])
+    seen: dict = scenario_result("room_day")
     return seen
 
 

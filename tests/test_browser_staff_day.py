@@ -4,20 +4,13 @@ for every check."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.browser.launch import scenario_result
 from tests.browser.staff_day import NOTE
-from tests.conftest import REQUIRE_SERVICES, seconds
 
-ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.browser
 ROSTER_SIZE = 6  # the demo group's patients
 TAP_TARGET_PX = 40
@@ -25,21 +18,7 @@ TAP_TARGET_PX = 40
 
 @pytest.fixture(scope="module")
 def seen() -> dict:
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    chromium = os.environ.get("VIO_TEST_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        missing.append(chromium)
-    if missing or os.geteuid() != 0:
-        why = f"needs root and {', '.join(missing)}" if missing else "needs root for unshare -n"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"browser tests cannot run: {why}")
-        pytest.skip(f"browser tests cannot run: {why}")
-    result = subprocess.run(
-        ["unshare", "-n", "--", sys.executable, "-m", "tests.browser.staff_day", "staff-day"],
-        cwd=ROOT, capture_output=True, text=True, timeout=seconds(240))
-    assert result.returncode == 0, result.stderr[-4000:]
-    found: dict = json.loads(result.stdout.strip().splitlines()[-1])
-    return found
+    return scenario_result("staff_day", "staff-day")
 
 
 def test_today_says_live_with_who_is_in_and_who_waits(seen):

@@ -341,12 +341,20 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
 }
 
 
-def main() -> None:
-    name = sys.argv[1]
+Scenario = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def serve_scenario(scenario: Scenario, env: dict[str, str] | None = None) -> None:
+    """Inside the namespace: ``lo`` up, a fresh ``vio serve --demo`` (with ``env``), the
+    scenario run against its demo links, and what it saw printed as one JSON object."""
     bring_up_loopback()
-    with vio_server() as links:
-        result = asyncio.run(SCENARIOS[name](links))
+    with vio_server(env) as links:
+        result = asyncio.run(scenario(links))
     print(json.dumps(result))
+
+
+def main() -> None:
+    serve_scenario(SCENARIOS[sys.argv[1]])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ with what the pages showed.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import sqlite3
 import sys
@@ -23,9 +22,8 @@ from tests.browser.harness import (
     CAPTURE_PEER_CONNECTIONS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    bring_up_loopback,
     seconds,
-    vio_server,
+    serve_scenario,
     wait_until,
 )
 
@@ -192,11 +190,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
 
 
 def main() -> None:
-    name = sys.argv[1]
-    bring_up_loopback()
-    with vio_server() as links:
-        result = asyncio.run(SCENARIOS[name](links))
-    print(json.dumps(result))
+    serve_scenario(SCENARIOS[sys.argv[1]])
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ what the people saw (text on the page, markers, button labels), for the test to 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import sqlite3
 import sys
@@ -22,11 +20,10 @@ from tests.browser.harness import (
     CAPTURE_PEER_CONNECTIONS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    bring_up_loopback,
     patient_joins,
     seconds,
+    serve_scenario,
     start_bot,
-    vio_server,
     wait_until,
 )
 
@@ -250,10 +247,7 @@ async def _roster_settled(page: Page) -> bool:
 
 
 def main() -> None:
-    bring_up_loopback()
-    with vio_server() as links:
-        result = asyncio.run(scenario(links))
-    print(json.dumps(result))
+    serve_scenario(scenario)
 
 
 if __name__ == "__main__":

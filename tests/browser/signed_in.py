@@ -11,7 +11,6 @@ open the Today page, and the scenario prints what each saw.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from typing import Any
@@ -22,9 +21,8 @@ from tests.browser.harness import (
     CAPTURE_PEER_CONNECTIONS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    bring_up_loopback,
     seconds,
-    vio_server,
+    serve_scenario,
 )
 
 IDLE_LOGOFF_MINUTES = 1
@@ -79,12 +77,8 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    bring_up_loopback()
-    env = {"VIO_IDLE_LOGOFF_MINUTES": str(IDLE_LOGOFF_MINUTES),
-           "VIO_ATTENDANCE_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)}
-    with vio_server(env) as links:
-        result = asyncio.run(scenario(links))
-    print(json.dumps(result))
+    serve_scenario(scenario, {"VIO_IDLE_LOGOFF_MINUTES": str(IDLE_LOGOFF_MINUTES),
+                              "VIO_ATTENDANCE_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ issues a personal link and copies it. Prints one JSON object with what the pages
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import sys
@@ -24,9 +23,8 @@ from playwright.async_api import Browser, Page, async_playwright
 from tests.browser.harness import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    bring_up_loopback,
     seconds,
-    vio_server,
+    serve_scenario,
 )
 
 PHONE = {"width": 390, "height": 844}
@@ -199,11 +197,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
 
 
 def main() -> None:
-    name = sys.argv[1]
-    bring_up_loopback()
-    with vio_server() as links:
-        result = asyncio.run(SCENARIOS[name](links))
-    print(json.dumps(result))
+    serve_scenario(SCENARIOS[sys.argv[1]])
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ from aiortc.rtp import (
     RtcpPsfbPacket,
     RtcpRrPacket,
     RtcpSrPacket,
-    RtpPacket,
     unpack_remb_fci,
 )
 
@@ -181,8 +180,6 @@ class _Participant:
     link: ReceiverLink = field(default_factory=ReceiverLink)
     """What this participant's RTCP says about its downlink."""
     paused_for_bandwidth: tuple[str, ...] = ()
-    video_bytes: int = 0
-    """Video payload bytes received from this participant so far."""
     video_samples: deque[tuple[float, int]] = field(default_factory=deque)
     video_bps: float = 0.0
     last_rtcp: Any = None
@@ -268,7 +265,6 @@ class MediaRouter:
         except BaseException:
             await pc.close()
             raise
-        self._watch_video(p)
         self._participants[pid] = p
         self._speaker_order.append(pid)
         if self._monitor is None:
@@ -538,18 +534,6 @@ class MediaRouter:
         """A background task of ``pid``'s connection failed (addresses stay out of the log)."""
         logger.warning("the media connection of %s failed: %s", pid, type(error).__name__)
 
-    def _watch_video(self, p: _Participant) -> None:
-        """Count the video payload bytes ``p`` sends, to know what forwarding them needs."""
-
-        def wrap(handle: seams.RtpHandler) -> seams.RtpHandler:
-            def on_packet(packet: RtpPacket, arrival_time_ms: int) -> Coroutine[Any, Any, None]:
-                p.video_bytes += len(packet.payload)
-                return handle(packet, arrival_time_ms)
-
-            return on_packet
-
-        seams.wrap_rtp_handler(p.inbound["video"].receiver, wrap)
-
     def _on_receiver_rtcp(self, p: _Participant, packet: Any) -> None:
         """Note what ``p``'s RTCP says about its downlink: REMB, and loss in its reports."""
         if packet is p.last_rtcp:
@@ -635,11 +619,12 @@ class MediaRouter:
         window = self.config.video_rate_window_s
         for p in self._participants.values():
             samples = p.video_samples
-            samples.append((now, p.video_bytes))
+            received = p.sources["video"].payload_bytes
+            samples.append((now, received))
             while len(samples) > 2 and now - samples[1][0] >= window:
                 samples.popleft()
             start, sent = samples[0]
-            p.video_bps = 8 * (p.video_bytes - sent) / (now - start) if now > start else 0.0
+            p.video_bps = 8 * (received - sent) / (now - start) if now > start else 0.0
         changed = []
         for p in self._participants.values():
             videos = [

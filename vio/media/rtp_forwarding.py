@@ -110,7 +110,8 @@ class RtpSource:
 
     ``last_packet_at`` (``time.monotonic()``) is the evidence that media is arriving;
     ``last_loud`` when the last loud audio packet arrived: an RFC 6464 level at most
-    ``loud_level``, or without that extension an Opus payload of at least ``loud_bytes``.
+    ``loud_level``, or without that extension an Opus payload of at least ``loud_bytes``;
+    ``payload_bytes`` how many payload bytes arrived in all (what forwarding it needs).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class RtpSource:
         self.kind = kind
         self.last_packet_at = -float("inf")
         self.last_loud = -float("inf")
+        self.payload_bytes = 0
         self.closed = False
         self._is_video = kind == "video"
         self._loud_level = loud_level
@@ -141,6 +143,7 @@ class RtpSource:
         now = time.monotonic()
         self.last_packet_at = now
         payload = packet.payload
+        self.payload_bytes += len(payload)
         if self._is_video:
             keyframe = vp8_starts_keyframe(payload)
             if keyframe and self._requester is not None:

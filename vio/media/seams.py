@@ -58,7 +58,6 @@ __all__ = [
     "HostAddresses",
     "HostPorts",
     "RtcpObserver",
-    "RtpHandler",
     "RtpOutput",
     "Target",
     "aiortc_decoder_worker",
@@ -79,13 +78,10 @@ __all__ = [
     "set_host_ports",
     "set_receiver_track",
     "set_sender_stream_id",
-    "wrap_rtp_handler",
 ]
 
 logger = logging.getLogger(__name__)
 
-RtpHandler = Callable[[RtpPacket, int], Coroutine[Any, Any, None]]
-"""The shape of ``RTCRtpReceiver._handle_rtp_packet``: ``(packet, arrival_time_ms)``."""
 
 RtcpObserver = Callable[[Any], None]
 """Called with each RTCP packet (``aiortc.rtcp.AnyRtcpPacket``) that reaches one sender."""
@@ -420,12 +416,6 @@ def send_pli(receiver: RTCRtpReceiver, ssrc: int) -> Coroutine[Any, Any, None]:
     """``RTCRtpReceiver._send_rtcp_pli``: ask the sender of ``ssrc`` for a keyframe."""
     pli: Coroutine[Any, Any, None] = receiver._send_rtcp_pli(ssrc)
     return pli
-
-
-def wrap_rtp_handler(receiver: RTCRtpReceiver, wrap: Callable[[RtpHandler], RtpHandler]) -> None:
-    """Replace ``RTCRtpReceiver._handle_rtp_packet`` of ``receiver`` by ``wrap(original)``."""
-    patched: Any = receiver
-    patched._handle_rtp_packet = wrap(receiver._handle_rtp_packet)
 
 
 # --- senders ----------------------------------------------------------------------------------
