@@ -5,18 +5,25 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: run test lint types check demo-links bench system-packages clean
+.PHONY: run test lint types check audit lock demo-links bench system-packages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Every install takes the exact versions (and hashes) of the lock in requirements/: the runtime
+# lock for `make run` and a server, the test lock (runtime versions plus the test tools) for
+# `make test` and CI. `make lock` regenerates all three from pyproject.toml.
+PIP_LOCKED := $(BIN)/pip install --quiet --require-hashes --no-deps
+
+$(VENV)/.runtime: requirements/runtime.txt pyproject.toml | $(BIN)/python
+	$(PIP_LOCKED) -r requirements/runtime.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.test: requirements/test.txt pyproject.toml | $(BIN)/python
+	$(PIP_LOCKED) -r requirements/test.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(VENV)/.runtime
 
 ## make run: set up, then serve vio with demo data on the embedded SQLite database
@@ -47,8 +54,9 @@ lint: $(VENV)/.test
 types: $(VENV)/.test
 	$(BIN)/mypy vio
 
-$(VENV)/.bench: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+$(VENV)/.bench: requirements/bench.txt pyproject.toml | $(BIN)/python
+	$(PIP_LOCKED) -r requirements/bench.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(VENV)/.test $(VENV)/.runtime
 
 ## make bench: the benchmarks' quick runs (see docs/benchmarks.md for full runs); the forwarding
@@ -61,6 +69,21 @@ bench: $(VENV)/.bench
 	$(BIN)/python bench/attendance.py --quick
 
 check: lint types
+
+## make audit: check every locked version against the PyPI advisory database (pip-audit)
+audit: $(VENV)/.test
+	$(BIN)/pip-audit --progress-spinner off --require-hashes --disable-pip \
+		-r requirements/runtime.txt -r requirements/test.txt
+
+## make lock: regenerate requirements/*.txt from pyproject.toml (latest versions the floors allow)
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	--universal --quiet
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet uv
+	UV_NO_CONFIG=1 $(UV_COMPILE) -o requirements/runtime.txt
+	UV_NO_CONFIG=1 $(UV_COMPILE) --extra test -c requirements/runtime.txt -o requirements/test.txt
+	UV_NO_CONFIG=1 $(UV_COMPILE) --extra test --extra bench -c requirements/test.txt \
+		-o requirements/bench.txt
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -41,6 +41,7 @@ from vio.attendance.dosage import IsoWeek
 from vio.attendance.export import ExportFormat, export_attendance
 from vio.attendance.records import patient_dosage, program_week_dosage
 from vio.db import create_engine, migrate, session_factory
+from vio.keys import InstallKeys
 from vio.models import (
     AgeGroup,
     AttendanceEvent,
@@ -74,6 +75,9 @@ WAITS_FIRST = 0.30
 SERVER_STOPPED = 0.01  # sessions with no leave and no end event
 
 T = TypeVar("T")
+
+# The benchmark's own install keys (its databases are thrown away).
+BENCH_KEYS = InstallKeys.derive("benchmark")
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,7 @@ async def timed(label: str, work: Callable[[], Awaitable[T]],
 
 async def measure(engine: AsyncEngine, size: Size) -> dict[str, float]:
     """Time each report in a fresh database session (nothing cached between them)."""
-    factory = session_factory(engine)
+    factory = session_factory(engine, BENCH_KEYS)
     results: dict[str, float] = {}
     last_week = IsoWeek.of_day(FIRST_MONDAY + timedelta(weeks=size.weeks - 1))
     zone = ZoneInfo(TIMEZONE)
@@ -327,7 +331,7 @@ async def main(args: argparse.Namespace) -> int:
             url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.sqlite3'}"
         engine = create_engine(url)
         try:
-            await migrate(engine)
+            await migrate(engine, BENCH_KEYS)
             seeder = Seeder(engine, size, args.heartbeat_seconds, random.Random(args.seed))
             began = time.perf_counter()
             await seeder.seed()

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import harness as h
 
+from vio.keys import InstallKeys
+
 if TYPE_CHECKING:
     from vio.client import SignalingClient
 
@@ -47,6 +49,9 @@ KEEPALIVE_S = 15.0
 """Clients send the protocol's ``ping`` this often (the server drops silence after 45 s)."""
 CONNECT_BUDGET_S = 300.0
 SCRIPT = Path(__file__).resolve()
+
+# The benchmark's own install keys (its databases are thrown away).
+BENCH_KEYS = InstallKeys.derive("benchmark")
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ async def seed(database_url: str, rooms: int, per_room: int) -> list[dict[str, A
     from vio.security import Signer, hash_password
 
     engine = create_engine(database_url)
-    await migrate(engine)
+    await migrate(engine, BENCH_KEYS)
     now = datetime.now(UTC).replace(microsecond=0)
     today = now.date()
     password = hash_password("not used: clients sign in with room tickets")
@@ -102,7 +107,7 @@ async def seed(database_url: str, rooms: int, per_room: int) -> list[dict[str, A
                         second_factor=timedelta(minutes=5))
     plan: list[dict[str, Any]] = []
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, BENCH_KEYS)() as db:
             program = Program(name="Benchmark program", timezone="America/Chicago")
             db.add(program)
             await db.flush()

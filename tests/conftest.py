@@ -24,12 +24,16 @@ from starlette.testclient import TestClient
 from vio.app import create_app
 from vio.clock import OffsetClock
 from vio.db import create_engine, migrate, session_factory
+from vio.keys import InstallKeys
 from vio.settings import Settings
 
 TIMEOUT_SCALE = float(os.environ.get("VIO_TEST_TIMEOUT_SCALE", "1"))
 POSTGRES_URL = os.environ.get("VIO_TEST_POSTGRES_URL",
                               "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REQUIRE_SERVICES = os.environ.get("VIO_TEST_REQUIRE_SERVICES") == "1"
+TEST_SECRET = "test-secret"
+# The keys of the ``settings`` fixture's install (its secret is TEST_SECRET).
+TEST_KEYS = InstallKeys.derive(TEST_SECRET)
 
 
 def seconds(n: float) -> float:
@@ -61,7 +65,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(sqlite_url: str) -> Settings:
-    return Settings.from_env({}, database_url=sqlite_url, secret_key="test-secret",
+    return Settings.from_env({}, database_url=sqlite_url, secret_key=TEST_SECRET,
                              login_failure_delay_ms=0)
 
 
@@ -73,14 +77,14 @@ def clock() -> OffsetClock:
 @pytest_asyncio.fixture
 async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(settings.database_url)
-    await migrate(engine)
+    await migrate(engine, TEST_KEYS)
     yield engine
     await engine.dispose()
 
 
 @pytest_asyncio.fixture
 async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    async with session_factory(engine)() as session:
+    async with session_factory(engine, TEST_KEYS)() as session:
         yield session
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from tests.conftest import csrf_from
+from tests.conftest import TEST_KEYS, csrf_from
 from tests.test_dosage import CHICAGO, NOW, STAFF_PASSWORD, Seeded, seed_program
 from vio import clinic
 from vio.app import create_app
@@ -243,8 +243,8 @@ async def test_a_therapist_exports_only_their_own_sessions(db, staff_client):
 def test_command_line_export_and_dosage(sqlite_url, tmp_path: Path, monkeypatch, capsys):
     async def seed() -> None:
         engine = create_engine(sqlite_url)
-        await migrate(engine)
-        async with session_factory(engine)() as db:
+        await migrate(engine, TEST_KEYS)
+        async with session_factory(engine, TEST_KEYS)() as db:
             await seed_program(db)
             await db.commit()
         await engine.dispose()

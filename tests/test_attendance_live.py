@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import LiveServer, seconds
+from tests.conftest import TEST_KEYS, LiveServer, seconds
 from tests.test_signaling import Room, patient_cookie, wait_for
 from vio.attendance.records import session_record
 from vio.bot import Bot, check_in_at_home, sign_in
@@ -153,7 +153,7 @@ async def test_crash_loses_no_acknowledged_event(tmp_path):
 
     engine = create_engine(env["VIO_DATABASE_URL"])
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             admitted = (await db.execute(select(AttendanceEvent).where(
                 AttendanceEvent.kind == AttendanceKind.ADMITTED))).scalars().all()
             assert acknowledged <= {e.connection for e in admitted}

@@ -16,7 +16,7 @@ import pytest
 from alembic import command
 from sqlalchemy import select, text
 
-from tests.conftest import csrf_from
+from tests.conftest import TEST_KEYS, csrf_from
 from vio import clinic
 from vio.cli import main
 from vio.db import alembic_config, create_engine, migrate, session_factory
@@ -29,8 +29,8 @@ ROOT = Path(__file__).parent.parent
 async def _write(url: str, count: int, start: int = 0) -> None:
     engine = create_engine(url)
     try:
-        await migrate(engine)
-        async with session_factory(engine)() as db:
+        await migrate(engine, TEST_KEYS)
+        async with session_factory(engine, TEST_KEYS)() as db:
             for n in range(start, start + count):
                 await clinic.audit(db, AT + timedelta(seconds=n), "staff:1", "test-event",
                                    f"patient:{n}", n=n, note="ünïcode ✓")
@@ -51,7 +51,7 @@ async def _sql(url: str, statement: str, **params: object) -> None:
 async def _row(url: str, seq: int) -> AuditEvent:
     engine = create_engine(url)
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             return (await db.execute(select(AuditEvent).where(AuditEvent.seq == seq))
                     ).scalar_one()
     finally:
@@ -138,7 +138,7 @@ async def test_the_apps_own_rows_chain_and_are_scoped_to_their_program(client, d
 
 
 async def test_concurrent_writers_keep_one_chain(engine):
-    factory = session_factory(engine)
+    factory = session_factory(engine, TEST_KEYS)
 
     async def writer(n: int) -> None:
         async with factory() as db:
@@ -162,7 +162,7 @@ async def test_writers_in_separate_processes_keep_one_chain_on_postgres(postgres
     assert [await p.wait() for p in processes] == [0, 0, 0]
     engine = create_engine(postgres_url)
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             report = await clinic.verify_audit_chain(db)
     finally:
         await engine.dispose()
@@ -187,8 +187,8 @@ def test_rows_written_before_the_chain_existed_are_chained_by_the_migration(
                         "VALUES (:at, 'cli:root', 'old-event', 'program:1', :detail)"),
                         {"at": (AT + timedelta(minutes=n)).replace(tzinfo=None),
                          "detail": f'{{"n": {n}}}'})
-            await migrate(engine)
-            async with session_factory(engine)() as db:
+            await migrate(engine, TEST_KEYS)
+            async with session_factory(engine, TEST_KEYS)() as db:
                 await clinic.audit(db, AT, "cli:root", "new-event", "program:1")
                 await db.commit()
                 rows = (await db.execute(select(AuditEvent).order_by(AuditEvent.seq))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, seconds, stop_process
+from tests.conftest import REQUIRE_SERVICES, TEST_KEYS, seconds, stop_process
 from tests.test_https import base_env, free_port, make_certificate, vio_serve
 from vio.db import create_engine, migrate
 from vio.doctor import Check, Status, diagnose, report, settings_checks, tls_check, turn_target
@@ -201,7 +201,7 @@ async def test_postgresql_reachable_then_migrated(tmp_path: Path, postgres_url: 
     [before] = lines_about(await diagnose(env), "database")
     assert before.startswith("problem database:") and "run `vio migrate`" in before
     engine = create_engine(postgres_url)
-    await migrate(engine)
+    await migrate(engine, TEST_KEYS)
     await engine.dispose()
     [after] = lines_about(await diagnose(env), "database")
     assert after.startswith("ok      database:") and "newest migration" in after

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.conftest import TEST_KEYS
 from vio import clinic
 from vio.attendance import records
 from vio.attendance.dosage import (
@@ -256,8 +257,8 @@ async def test_weekly_dosage_matches_the_hand_table(db):
 async def test_the_hand_table_holds_on_postgres(postgres_url):
     engine = create_engine(postgres_url)
     try:
-        await migrate(engine)
-        async with session_factory(engine)() as db:
+        await migrate(engine, TEST_KEYS)
+        async with session_factory(engine, TEST_KEYS)() as db:
             seeded = await seed_program(db)
             await db.commit()
             report = await records.program_week_dosage(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tests.conftest import csrf_from
+from tests.conftest import TEST_KEYS, csrf_from
 from tests.test_sessions import server_process, ticket_from
 from tests.wsclient import Client
 from vio import clinic, demo, family
@@ -61,8 +61,8 @@ async def _seed(url: str) -> dict[str, object]:
     engine = create_engine(url)
     now = datetime.now(UTC)
     try:
-        await migrate(engine)
-        async with session_factory(engine)() as db:
+        await migrate(engine, TEST_KEYS)
+        async with session_factory(engine, TEST_KEYS)() as db:
             people = await demo.seed(db, "America/Chicago", now)
             await db.commit()
             signer = Signer(SECRET)

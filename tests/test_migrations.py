@@ -1,6 +1,7 @@
 import pytest
 from sqlalchemy import inspect, text
 
+from tests.conftest import TEST_KEYS
 from vio.db import create_engine, migrate
 
 TABLES = {"programs", "staff_users", "patients", "patient_links", "groups", "group_therapists",
@@ -13,8 +14,8 @@ TABLES = {"programs", "staff_users", "patients", "patient_links", "groups", "gro
 async def _migrate_from_empty(url: str) -> tuple[set[str], str]:
     engine = create_engine(url)
     try:
-        await migrate(engine)
-        await migrate(engine)  # a second run changes nothing
+        await migrate(engine, TEST_KEYS)
+        await migrate(engine, TEST_KEYS)  # a second run changes nothing
         async with engine.connect() as conn:
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))

@@ -26,7 +26,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from sqlalchemy import select
 
-from tests.conftest import seconds, unavailable
+from tests.conftest import TEST_KEYS, seconds, unavailable
 from tests.test_attendance_live import _healthy
 from vio.attendance.records import session_record
 from vio.bot import Bot, check_in_at_home, sign_in
@@ -226,7 +226,7 @@ async def test_a_connection_on_one_node_joins_a_room_on_another(cluster):
 async def _events(cluster: Cluster, session_id: int, kind: AttendanceKind):
     engine = create_engine(cluster.env["VIO_DATABASE_URL"])
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             return list((await db.execute(select(AttendanceEvent).where(
                 AttendanceEvent.session_id == session_id, AttendanceEvent.kind == kind,
                 AttendanceEvent.role == "patient"))).scalars())
@@ -237,7 +237,7 @@ async def _events(cluster: Cluster, session_id: int, kind: AttendanceKind):
 async def _set_waiting_room(cluster: Cluster, session_id: int) -> None:
     engine = create_engine(cluster.env["VIO_DATABASE_URL"])
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             session = await db.get(Session, session_id)
             session.waiting_room = WaitingRoomPolicy.THERAPIST_ADMITS
             await db.commit()
@@ -278,7 +278,7 @@ async def _room_moves(cluster: Cluster, sig: int) -> None:
     # Attendance is continuous: one stretch on B, one on A, apart by no more than the move.
     engine = create_engine(cluster.env["VIO_DATABASE_URL"])
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             session = await db.get(Session, session_id)
             program = await db.get(Program, session.program_id)
             record = await session_record(db, session, program)
@@ -380,7 +380,7 @@ async def test_consent_revoked_on_one_node_removes_the_family_member_on_another(
     a = await cluster.start("a")
     engine = create_engine(cluster.env["VIO_DATABASE_URL"])
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             session = await open_family_session(db, SystemClock())
             token = await issue(db, SystemClock())
             who = await member(db)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tests.conftest import seconds
+from tests.conftest import TEST_KEYS, seconds
 from tests.test_attendance_live import _healthy
 from tests.wsclient import Client
 from vio.attendance.records import session_record
@@ -125,7 +125,7 @@ async def test_sigkill_and_restart_keep_every_seat(tmp_path):
     allowed_gap = (rejoined_at - killed_at) + timedelta(seconds=HEARTBEAT_SECONDS + 1)
     engine = create_engine(env["VIO_DATABASE_URL"])
     try:
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             session = await db.get(Session, session_id)
             program = await db.get(Program, session.program_id)
             record = await session_record(db, session, program)

@@ -4,6 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from tests.conftest import TEST_KEYS
 from vio import clinic
 from vio.db import create_engine, migrate, session_factory
 from vio.models import Program, Session, SessionKind, StaffRole, StaffUser
@@ -34,8 +35,8 @@ def test_bad_weekdays_are_refused(text):
 async def _series_round_trip(url: str) -> list[datetime]:
     engine = create_engine(url)
     try:
-        await migrate(engine)
-        async with session_factory(engine)() as db:
+        await migrate(engine, TEST_KEYS)
+        async with session_factory(engine, TEST_KEYS)() as db:
             program = Program(name="P", timezone="America/Chicago")
             db.add(program)
             await db.flush()
@@ -49,7 +50,7 @@ async def _series_round_trip(url: str) -> list[datetime]:
             with pytest.raises(ValueError, match="patient"):
                 await clinic.schedule_series(db, plan, date(2026, 10, 19), 4, "1,3,4", time(18))
             await db.rollback()
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             program = Program(name="P", timezone="America/Chicago")
             db.add(program)
             await db.flush()
@@ -68,7 +69,7 @@ async def _series_round_trip(url: str) -> list[datetime]:
                                       group_id=group.id)
             await clinic.schedule_series(db, plan, date(2026, 10, 19), 4, "1,3,4", time(18))
             await db.commit()
-        async with session_factory(engine)() as db:
+        async with session_factory(engine, TEST_KEYS)() as db:
             rows = (await db.execute(select(Session).order_by(Session.starts_at))).scalars().all()
             return [r.starts_at for r in rows]
     finally:

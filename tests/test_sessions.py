@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from tests.conftest import csrf_from, seconds
+from tests.conftest import TEST_KEYS, csrf_from, seconds
 from tests.test_family import _accept, issue, open_family_session
 from tests.test_session_rules import Clinic, loopback_only  # noqa: F401
 from tests.wsclient import Client
@@ -440,8 +440,8 @@ def server_process(env: dict[str, str], log_level: str = "warning",
 async def _seed_staff(url: str, count: int) -> None:
     engine = create_engine(url)
     try:
-        await migrate(engine)
-        async with session_factory(engine)() as db:
+        await migrate(engine, TEST_KEYS)
+        async with session_factory(engine, TEST_KEYS)() as db:
             program = Program(name="Throttle test", timezone="America/Chicago")
             db.add(program)
             await db.flush()

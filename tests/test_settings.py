@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from tests.conftest import TEST_KEYS
 from vio.settings import Settings, SettingsError
 
 
@@ -47,7 +48,7 @@ def test_the_database_its_log_and_the_data_folder_are_private(tmp_path):
     async def use() -> None:
         engine = create_engine(settings.database_url)
         try:
-            await migrate(engine)
+            await migrate(engine, TEST_KEYS)
             async with engine.begin() as conn:
                 await conn.execute(text("CREATE TABLE probe (x INTEGER)"))
                 await conn.execute(text("INSERT INTO probe VALUES (1)"))

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from tests.conftest import csrf_from
+from tests.conftest import TEST_KEYS, csrf_from
 from vio.attendance.dosage import DosageAlert
 from vio.attendance.export import MODIFIER_AUDIO_VIDEO, REDISCLOSURE_NOTICE, modifier_for, parse_csv
 from vio.attendance.intervals import (
@@ -418,7 +418,7 @@ async def test_the_rooms_own_stop_video_keeps_the_minutes_audio_video_on_the_rec
     facts = dataclasses.replace(facts, checked_in_patient_ids=frozenset({dana.id}))
     settings = Settings.from_env({}, secret_key="x")
     room = Room(facts, settings, room_clock)
-    store = DatabaseRoomStore(session_factory(engine), room_clock)
+    store = DatabaseRoomStore(session_factory(engine, TEST_KEYS), room_clock)
 
     async def apply(effects: list) -> None:  # type: ignore[type-arg]
         for effect in effects:

@@ -42,7 +42,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     engine = create_engine(settings.database_url)
-    db = session_factory(engine)
+    db = session_factory(engine, settings.keys)
     app_clock = clock or SystemClock()
     app_state = AppState(
         settings=settings,

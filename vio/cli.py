@@ -29,7 +29,7 @@ def _settings() -> Settings:
 async def _migrate(settings: Settings) -> None:
     from vio.db import opened
 
-    async with opened(settings.database_url):
+    async with opened(settings.database_url, settings.keys):
         pass
 
 
@@ -38,7 +38,7 @@ async def _seed_demo(settings: Settings) -> None:
     from vio.clock import SystemClock
     from vio.db import opened
 
-    async with opened(settings.database_url) as db:
+    async with opened(settings.database_url, settings.keys) as db:
         await demo.seed(db, settings.timezone, SystemClock().now())
         await db.commit()
 
@@ -49,7 +49,7 @@ async def _demo_links(settings: Settings) -> dict[str, object]:
     from vio.db import opened
     from vio.security import Signer
 
-    async with opened(settings.database_url) as db:
+    async with opened(settings.database_url, settings.keys) as db:
         links = await demo.demo_links(db, Signer(settings.secret_key),
                                       settings.public_base_url, settings.timezone,
                                       SystemClock().now())
@@ -138,7 +138,7 @@ async def _audit_verify(settings: Settings) -> ChainReport:
     from vio.clinic import verify_audit_chain
     from vio.db import opened
 
-    async with opened(settings.database_url) as db:
+    async with opened(settings.database_url, settings.keys) as db:
         return await verify_audit_chain(db)
 
 
@@ -198,7 +198,7 @@ async def _invite(settings: Settings, session_id: int, member_id: int) -> str:
     from vio.db import opened
     from vio.models import FamilyMember, Session
 
-    async with opened(settings.database_url) as db:
+    async with opened(settings.database_url, settings.keys) as db:
         session = await db.get(Session, session_id)
         member = await db.get(FamilyMember, member_id)
         if session is None or member is None:
@@ -235,7 +235,7 @@ async def _add_staff(settings: Settings, program_name: str, name: str, email: st
     from vio.models import Program, StaffRole, StaffUser
     from vio.security import hash_password
 
-    async with opened(settings.database_url) as db:
+    async with opened(settings.database_url, settings.keys) as db:
         if await clinic.staff_by_email(db, email) is not None:
             raise ValueError(f"{email} already has an account")
         program = (await db.execute(select(Program).where(Program.name == program_name))

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from vio.keys import InstallKeys
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 PRIVATE_FILE = 0o600
@@ -82,32 +84,70 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: AsyncEngine,
+                    keys: InstallKeys) -> async_sessionmaker[AsyncSession]:
+    """Sessions that carry the install's keys (``keys_of``), which seal the audit chain."""
+    return async_sessionmaker(engine, expire_on_commit=False, info={"keys": keys})
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def keys_of(db: AsyncSession) -> InstallKeys:
+    """The install keys of the session's factory (``session_factory``)."""
+    keys = db.info.get("keys")
+    if not isinstance(keys, InstallKeys):
+        raise RuntimeError("this database session was not opened with the install's keys")
+    return keys
+
+
+def alembic_config(connection: Connection | None = None,
+                   keys: InstallKeys | None = None) -> Config:
+    """Alembic's settings; a migration that seals or encrypts reads ``attributes["keys"]``."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
         config.attributes["connection"] = connection
+    if keys is not None:
+        config.attributes["keys"] = keys
     return config
 
 
 @contextlib.asynccontextmanager
-async def opened(url: str, *, migrated: bool = True) -> AsyncIterator[AsyncSession]:
+async def opened(url: str, keys: InstallKeys, *,
+                 migrated: bool = True) -> AsyncIterator[AsyncSession]:
     """One database session for a command: the schema brought up to date first, all closed after."""
     engine = create_engine(url)
     try:
         if migrated:
-            await migrate(engine)
-        async with session_factory(engine)() as session:
+            await migrate(engine, keys)
+        async with session_factory(engine, keys)() as session:
             yield session
     finally:
         await engine.dispose()
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema up to the newest migration."""
+async def migrate(engine: AsyncEngine, keys: InstallKeys, target: str = "head") -> list[str]:
+    """Bring the schema up to ``target`` (the newest migration); return the revisions applied,
+    oldest first (none when it was up to date)."""
+    def upgrade(sync_conn: Connection) -> list[str]:
+        config = alembic_config(sync_conn, keys)
+        before = _current_revision(sync_conn)
+        command.upgrade(config, target)
+        return _revisions_between(config, before, _current_revision(sync_conn))
+
     async with engine.begin() as conn:
-        await conn.run_sync(lambda sync_conn: command.upgrade(alembic_config(sync_conn), "head"))
+        return await conn.run_sync(upgrade)
+
+
+def _current_revision(sync_conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(sync_conn).get_current_revision()
+
+
+def _revisions_between(config: Config, before: str | None, after: str | None) -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    if after is None or after == before:
+        return []
+    scripts = ScriptDirectory.from_config(config)
+    applied = [script.revision for script in scripts.iterate_revisions(after, before or "base")]
+    return list(reversed(applied))

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from vio.keys import InstallKeys
+
 
 class SettingsError(ValueError):
     """A setting has a value vio cannot use; the message names the variable."""
@@ -334,6 +336,11 @@ class Settings:
     def cookies_secure(self) -> bool:
         """Cookies carry ``Secure``: asked for, or implied by an ``https://`` public URL."""
         return self.cookie_secure or self.public_base_url.startswith("https://")
+
+    @property
+    def keys(self) -> InstallKeys:
+        """The keys derived from ``secret_key`` (the audit seal, secrets at rest)."""
+        return InstallKeys.derive(self.secret_key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

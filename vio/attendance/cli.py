@@ -103,7 +103,7 @@ def _run(command: str, work: Coroutine[Any, Any, int]) -> int:
 
 async def _export(args: argparse.Namespace) -> int:
     settings = _settings()
-    async with opened(settings.database_url) as db:
+    async with opened(settings.database_url, settings.keys) as db:
         program = await _program(db, args.program)
         try:
             export = await export_attendance(
@@ -144,7 +144,7 @@ def _table(rows: list[dict[str, object]]) -> str:
 async def _dosage(args: argparse.Namespace) -> int:
     settings = _settings()
     now = SystemClock().now()
-    async with opened(settings.database_url) as db:
+    async with opened(settings.database_url, settings.keys) as db:
         program = await _program(db, args.program)
         week = args.week or IsoWeek.containing(now, program.timezone)
         report = await program_week_dosage(db, program, week, now)
