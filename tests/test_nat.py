@@ -217,7 +217,7 @@ def coturn(place: Place, tmp: Path) -> Iterator[Path]:
 def therapist_bot(ns: Namespace, vio: Vio, bot_seconds: float) -> subprocess.Popen[str]:
     therapist = vio.links["therapist"]
     env = {key: value for key, value in vio.env.items() if not key.startswith("VIO_ICE_")}
-    return ns.popen([VIO, "bot", "--link", therapist["login"], "--email", therapist["email"],
+    return ns.popen([VIO, "bot", "--json", "--link", therapist["login"], "--email", therapist["email"],
                      "--password",
                      therapist["password"], "--seconds", str(bot_seconds), "--admit-all"],
                     cwd=vio.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -226,7 +226,7 @@ def therapist_bot(ns: Namespace, vio: Vio, bot_seconds: float) -> subprocess.Pop
 def patient_bot(ns: Namespace, vio: Vio, link: str, bot_seconds: float,
                 *extra: str) -> subprocess.Popen[str]:
     env = {key: value for key, value in vio.env.items() if not key.startswith("VIO_ICE_")}
-    return ns.popen([VIO, "bot", "--link", link, "--seconds", str(bot_seconds), *extra],
+    return ns.popen([VIO, "bot", "--json", "--link", link, "--seconds", str(bot_seconds), *extra],
                     cwd=vio.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

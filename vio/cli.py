@@ -26,11 +26,30 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
-async def _migrate(settings: Settings) -> None:
-    from vio.db import opened
+async def _migrate(settings: Settings) -> list[str]:
+    from vio.db import create_engine, migrate
 
-    async with opened(settings.database_url, settings.keys):
-        pass
+    engine = create_engine(settings.database_url)
+    try:
+        return await migrate(engine, settings.keys)
+    finally:
+        await engine.dispose()
+
+
+def _migrations_line(applied: list[str]) -> str:
+    if not applied:
+        return "database is up to date: no migration to apply"
+    return (f"applied {len(applied)} migration{'s' * (len(applied) != 1)}: "
+            f"{', '.join(applied)}; the database is now at {applied[-1]}")
+
+
+def _print(args: argparse.Namespace, data: object, lines: Sequence[str]) -> None:
+    """``--json``: ``data`` as JSON for a script; otherwise ``lines`` for a person."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str), flush=True)
+    else:
+        for line in lines:
+            print(line, flush=True)
 
 
 async def _seed_demo(settings: Settings) -> None:
@@ -101,7 +120,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"(therapist sign-in: therapist@demo.vio / demo-therapist; "
               f"patient links: `vio demo-links --json`)", flush=True)
     else:
-        asyncio.run(_migrate(settings))
+        applied = asyncio.run(_migrate(settings))
+        if applied:
+            print(f"vio: {_migrations_line(applied)}", flush=True)
         print(f"vio is serving {settings.public_base_url}/", flush=True)
     if args.workers > 1:
         return run_workers(["serve", "--worker", "--host", args.host, "--port", str(args.port),
@@ -129,8 +150,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from vio.doctor import diagnose, report
 
     checks = asyncio.run(diagnose(os.environ))
-    for line in report(checks):
-        print(line, flush=True)
+    _print(args, [{"status": check.status.value, "part": check.part, "message": check.message}
+                  for check in checks], report(checks))
     return 1 if any(check.is_problem for check in checks) else 0
 
 
@@ -154,8 +175,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    asyncio.run(_migrate(_settings()))
-    print("database is up to date")
+    applied = asyncio.run(_migrate(_settings()))
+    _print(args, {"applied": applied}, [_migrations_line(applied)])
     return 0
 
 
@@ -165,9 +186,15 @@ def cmd_demo_links(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(links, indent=2))
     else:
-        print(f"Therapist: {links['therapist']}\nAdmin: {links['admin']}")
+        for role in ("therapist", "admin"):
+            person: dict[str, str] = links[role]  # type: ignore[assignment]
+            print(f"{role.capitalize():<12} sign in at {person['login']} as {person['email']} "
+                  f"/ {person['password']}")
         for patient in links["patients"]:  # type: ignore[attr-defined]
-            print(f"{patient['name']:<12} {patient['link']}")
+            roster = "" if patient["on_roster"] else "  (not on the group's roster)"
+            print(f"{patient['name']:<12} {patient['link']}{roster}")
+        for invite in links["family_invites"]:  # type: ignore[attr-defined]
+            print(f"{'Family':<12} {invite['link']}")
     return 0
 
 
@@ -188,8 +215,23 @@ def cmd_bot(args: argparse.Namespace) -> int:
     except SignInFailed as exc:
         print(f"vio bot: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result.summary()))
+    summary = result.summary()
+    _print(args, summary, _bot_lines(summary))
     return 0
+
+
+def _bot_lines(summary: dict[str, object]) -> list[str]:
+    if not summary["admitted"]:
+        return [f"not admitted: {summary['refusal'] or 'the room did not let the bot in'}"]
+    lines = [f"admitted; reconnected {summary['reconnects']} time(s)"]
+    for remote in summary["remote"]:  # type: ignore[attr-defined]
+        lines.append(f"  from {remote['name']} ({remote['role']}): {remote['video_frames']} "
+                     f"video frames, {remote['audio_frames']} audio frames, "
+                     f"{remote['decode_errors']} decode errors")
+    paused: list[str] = summary["video_paused"]  # type: ignore[assignment]
+    if paused:
+        lines.append(f"  video held back for a weak link: {', '.join(paused)}")
+    return lines
 
 
 async def _invite(settings: Settings, session_id: int, member_id: int) -> str:
@@ -300,9 +342,11 @@ def parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser(
         "doctor", help="check a deployment: settings, database, public URL, ICE, TURN")
+    doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(run=cmd_doctor)
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--json", action="store_true")
     migrate.set_defaults(run=cmd_migrate)
 
     audit = commands.add_parser("audit", help="the audit log")
@@ -354,6 +398,8 @@ def parser() -> argparse.ArgumentParser:
     bot.add_argument("--ice-address", action="append",
                      help="host address to offer as ICE candidate (repeatable; default: "
                           "VIO_ICE_ANNOUNCE_ADDRESSES)")
+    bot.add_argument("--json", action="store_true",
+                     help="print the summary as JSON (for scripts and tests)")
     bot.set_defaults(run=cmd_bot)
     return root
 

@@ -140,7 +140,7 @@ def vio_server(extra_env: dict[str, str] | None = None) -> Iterator[dict[str, An
 
 
 def start_bot(links: dict[str, Any], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([VIO, "bot", *args], cwd=links["cwd"], env=links["env"],
+    return subprocess.Popen([VIO, "bot", "--json", *args], cwd=links["cwd"], env=links["env"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
