@@ -39,8 +39,9 @@ test: $(VENV)/.test system-packages lint types
 	$(BIN)/python -m pytest
 
 # Debian packages the tests drive: the browser, network namespaces and filtering, HTTPS in
-# front (Caddy) and TURN (coturn). Installed only when one is missing.
-SYSTEM_PACKAGES := chromium util-linux iproute2 nftables caddy coturn
+# front (Caddy), TURN (coturn), and encrypted backups (age, sqlite3, pg_dump). Installed only
+# when one is missing.
+SYSTEM_PACKAGES := chromium util-linux iproute2 nftables caddy coturn age sqlite3 postgresql-client
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -72,7 +73,7 @@ check: lint types
 
 ## make audit: check every locked version against the PyPI advisory database (pip-audit)
 audit: $(VENV)/.test
-	$(BIN)/pip-audit --progress-spinner off --require-hashes --disable-pip \
+	$(BIN)/pip-audit --strict --progress-spinner off --require-hashes --disable-pip \
 		-r requirements/runtime.txt -r requirements/test.txt
 
 ## make lock: regenerate requirements/*.txt from pyproject.toml (latest versions the floors allow)
