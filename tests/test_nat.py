@@ -217,9 +217,9 @@ def coturn(place: Place, tmp: Path) -> Iterator[Path]:
 def therapist_bot(ns: Namespace, vio: Vio, bot_seconds: float) -> subprocess.Popen[str]:
     therapist = vio.links["therapist"]
     env = {key: value for key, value in vio.env.items() if not key.startswith("VIO_ICE_")}
-    return ns.popen([VIO, "bot", "--json", "--link", therapist["login"], "--email", therapist["email"],
-                     "--password",
-                     therapist["password"], "--seconds", str(bot_seconds), "--admit-all"],
+    return ns.popen([VIO, "bot", "--json", "--link", therapist["login"],
+                     "--email", therapist["email"], "--password", therapist["password"],
+                     "--seconds", str(bot_seconds), "--admit-all"],
                     cwd=vio.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
