@@ -39,9 +39,9 @@ test: $(VENV)/.test system-packages lint types
 	$(BIN)/python -m pytest
 
 # Debian packages the tests drive: the browser, network namespaces and filtering, HTTPS in
-# front (Caddy), TURN (coturn), and encrypted backups (age, sqlite3, pg_dump). Installed only
-# when one is missing.
-SYSTEM_PACKAGES := chromium util-linux iproute2 nftables caddy coturn age sqlite3 postgresql-client
+# front (Caddy), TURN (coturn) and its certificate (certbot), and encrypted backups (age,
+# sqlite3, pg_dump). Installed only when one is missing.
+SYSTEM_PACKAGES := chromium util-linux iproute2 nftables caddy coturn certbot age sqlite3 postgresql-client
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

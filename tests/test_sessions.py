@@ -49,7 +49,7 @@ from vio.models import (
     StaffRole,
     StaffUser,
 )
-from vio.security import hash_password
+from vio.security import hash_password, open_totp_seed
 
 ROOT = Path(__file__).parent.parent
 WITHIN = 2.0  # the bound, seconds
@@ -333,6 +333,10 @@ async def test_a_staff_member_can_add_an_authenticator_and_then_needs_its_code(
         "action": "enable", "code": pyotp.TOTP(secret).at(clock.now()),
         "csrf_token": csrf_from(page)}, follow_redirects=False)
     assert enabled.status_code == 303
+    staff = await db.get(StaffUser, demo.therapist.id)
+    await db.refresh(staff)
+    assert secret not in staff.totp_secret
+    assert open_totp_seed(TEST_KEYS, staff.id, staff.totp_secret) == secret
     client.post("/logout", data={"csrf_token": csrf_from(client.get("/staff").text)})
 
     clock.advance(timedelta(seconds=31))  # a new time step: the enabling code was spent
@@ -364,7 +368,8 @@ async def test_a_program_can_require_the_second_factor_for_admins(client, demo, 
     assert client.get("/staff/audit").status_code == 200
     staff = await db.get(StaffUser, demo.admin.id)
     await db.refresh(staff)
-    assert staff.totp_secret == secret
+    assert secret not in staff.totp_secret  # kept sealed, opened with the install's key
+    assert open_totp_seed(TEST_KEYS, staff.id, staff.totp_secret) == secret
     # Therapists are not asked.
     client.cookies.clear()
     assert _password(client, "therapist@demo.vio", "demo-therapist").headers[

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -5,7 +6,7 @@ import sys
 import pytest
 
 from tests.conftest import TEST_KEYS
-from vio.settings import Settings, SettingsError
+from vio.settings import Settings, SettingsError, _bad_value
 
 
 def test_defaults_need_no_environment_and_not_the_working_directory(tmp_path, monkeypatch):
@@ -84,6 +85,73 @@ def test_bad_value_names_the_variable(variable, value):
         Settings.from_env({variable: value, "VIO_SECRET_KEY": "k"})
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "secret", "shown"),
+    [
+        ("VIO_DATABASE_URL", "mysql://vio:db-pass-1@db.example.org/vio", "db-pass-1",
+         "mysql://vio:***@db.example.org/vio"),
+        ("VIO_DATABASE_URL", "postgres://vio:p@ss w/rd@db.example.org/vio", "ss w/rd",
+         "postgres://vio:***@db.example.org/vio"),
+        ("VIO_DATABASE_URL", "postgresql+asyncpg://vio:db-pass-5@db.example.org:port/vio",
+         "db-pass-5", "postgresql+asyncpg://vio:***@db.example.org:port/vio"),
+        ("VIO_DATABASE_URL", "postgresql+asyncpg://vio@db:x/vio?password=db-pass-2",
+         "db-pass-2", "postgresql+asyncpg://vio@db:x/vio?password=***"),
+        ("VIO_PUBLIC_BASE_URL", "https://staff:web-pass-3@vio.example.org", "web-pass-3",
+         "https://staff:***@vio.example.org"),
+        ("VIO_TURN_SECRET", "   ", None, "VIO_TURN_SECRET='   '"),
+    ],
+)
+def test_a_bad_value_is_shown_without_its_password(variable, value, secret, shown):
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({variable: value, "VIO_SECRET_KEY": "k"})
+    message = str(raised.value)
+    assert message.startswith(variable) and shown in message, message
+    assert secret is None or secret not in message, message
+
+
+def test_a_secret_setting_is_named_without_its_value():
+    fields = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
+    secrets = {name for name, f in fields.items() if f.metadata["secret"]}
+    assert secrets == {"VIO_SECRET_KEY", "VIO_TURN_SECRET"}
+    assert all(not fields[name].repr for name in secrets)
+    settings = Settings.from_env({"VIO_SECRET_KEY": "signing-key-0123", "VIO_TURN_SECRET": "t-9",
+                                  "VIO_DATA_DIR": "/nonexistent"})
+    assert "signing-key-0123" not in repr(settings) and "t-9" not in repr(settings)
+    for name in secrets:
+        problem = ValueError("must not be empty")
+        assert str(_bad_value(name, "hunter2", problem, secret=True)) == \
+            f"{name} (its value is not shown): must not be empty"
+        assert str(_bad_value(name, "", problem, secret=True)) == f"{name}='': must not be empty"
+
+
+def test_database_errors_hold_no_bound_parameters(tmp_path):
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from vio.db import create_engine
+
+    async def insert_twice() -> str:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'vio.sqlite3'}")
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("CREATE TABLE patient (name TEXT UNIQUE)"))
+            for _ in range(2):
+                async with engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO patient VALUES (:name)"),
+                                       {"name": "Jane Roe, DOB 1980-02-03"})
+        except IntegrityError as exc:
+            return str(exc)
+        finally:
+            await engine.dispose()
+        raise AssertionError("the second insert was accepted")
+
+    message = asyncio.run(insert_twice())
+    assert "UNIQUE constraint failed" in message and "INSERT INTO patient" in message
+    assert "Jane Roe" not in message, message
+
+
 def test_bad_setting_stops_start_up(tmp_path):
     env = {**os.environ, "VIO_RECONNECT_GRACE_SECONDS": "a minute",
            "VIO_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.sqlite3"}
@@ -92,3 +160,8 @@ def test_bad_setting_stops_start_up(tmp_path):
     assert result.returncode == 2
     assert "VIO_RECONNECT_GRACE_SECONDS" in result.stderr
     assert not (tmp_path / "x.sqlite3").exists()
+    env["VIO_DATABASE_URL"] = "postgresql+asyncpg://vio:db-pass-4@db.example.org:5432x/vio"
+    result = subprocess.run([sys.executable, "-m", "vio.cli", "migrate"], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and "VIO_DATABASE_URL" in result.stderr, result.stderr
+    assert "db-pass-4" not in result.stderr + result.stdout

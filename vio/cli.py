@@ -10,12 +10,8 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from vio.settings import Settings, SettingsError
-
-if TYPE_CHECKING:
-    from vio.clinic import ChainReport
 
 
 def _settings() -> Settings:
@@ -155,25 +151,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(check.is_problem for check in checks) else 0
 
 
-async def _audit_verify(settings: Settings) -> ChainReport:
-    from vio.clinic import verify_audit_chain
-    from vio.db import opened
-
-    async with opened(settings.database_url, settings.keys) as db:
-        return await verify_audit_chain(db)
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Recompute the audit log's hash chain; name the first row altered or deleted."""
-    report = asyncio.run(_audit_verify(_settings()))
-    if report.broken is None:
-        print(f"audit chain intact: {report.rows} rows, last hash {report.head_hash}")
-        return 0
-    print(f"vio audit verify: {report.broken} (the {report.rows} rows before it hold)",
-          file=sys.stderr)
-    return 1
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     applied = asyncio.run(_migrate(_settings()))
     _print(args, {"applied": applied}, [_migrations_line(applied)])
@@ -263,65 +240,6 @@ def cmd_invite_create(args: argparse.Namespace) -> int:
     return 0
 
 
-MIN_STAFF_PASSWORD_LENGTH = 12
-
-
-async def _add_staff(settings: Settings, program_name: str, name: str, email: str, role: str,
-                     password: str) -> int:
-    from sqlalchemy import select
-
-    from vio import clinic
-    from vio.clock import SystemClock
-    from vio.db import opened
-    from vio.identity import staff_identity
-    from vio.models import Program, StaffRole, StaffUser
-    from vio.security import hash_password
-
-    async with opened(settings.database_url, settings.keys) as db:
-        if await clinic.staff_by_email(db, email) is not None:
-            raise ValueError(f"{email} already has an account")
-        program = (await db.execute(select(Program).where(Program.name == program_name))
-                   ).scalar_one_or_none()
-        if program is None:
-            program = Program(name=program_name, timezone=settings.timezone)
-            db.add(program)
-            await db.flush()
-        staff = StaffUser(program_id=program.id, name=name, email=email.strip().lower(),
-                          role=StaffRole(role), password_hash=hash_password(password))
-        db.add(staff)
-        await db.flush()
-        await clinic.audit(db, SystemClock().now(), "command-line", "staff-added",
-                           staff_identity(staff.id), role=role)
-        await db.commit()
-        return staff.id
-
-
-def cmd_staff_add(args: argparse.Namespace) -> int:
-    import getpass
-
-    settings = _settings()
-    if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            print("vio staff: the passwords differ", file=sys.stderr)
-            return 1
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    if len(password) < MIN_STAFF_PASSWORD_LENGTH:
-        print(f"vio staff: the password needs at least {MIN_STAFF_PASSWORD_LENGTH} characters",
-              file=sys.stderr)
-        return 1
-    try:
-        staff_id = asyncio.run(_add_staff(settings, args.program, args.name, args.email,
-                                          args.role, password))
-    except ValueError as refused:
-        print(f"vio staff: {refused}", file=sys.stderr)
-        return 1
-    print(f"{args.role} {args.email} added (staff id {staff_id}); sign in at "
-          f"{settings.public_base_url}/login")
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="vio", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -349,11 +267,9 @@ def parser() -> argparse.ArgumentParser:
     migrate.add_argument("--json", action="store_true")
     migrate.set_defaults(run=cmd_migrate)
 
-    audit = commands.add_parser("audit", help="the audit log")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_commands.add_parser(
-        "verify", help="check the audit log's hash chain; name the first altered row")
-    verify.set_defaults(run=cmd_audit_verify)
+    from vio.audit_cli import register as register_audit
+
+    register_audit(commands)
 
     links = commands.add_parser("demo-links", help="print the demo's ways in")
     links.add_argument("--json", action="store_true")
@@ -370,16 +286,9 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--family-member", type=int, required=True)
     create.set_defaults(run=cmd_invite_create)
 
-    staff = commands.add_parser("staff", help="staff accounts")
-    staff_commands = staff.add_subparsers(dest="staff_command", required=True)
-    add = staff_commands.add_parser(
-        "add", help="add a staff account (the password is read from the terminal or stdin); "
-                    "the program is created with the first account")
-    add.add_argument("--program", required=True, help="the program's name")
-    add.add_argument("--role", choices=["admin", "therapist"], required=True)
-    add.add_argument("--name", required=True)
-    add.add_argument("--email", required=True)
-    add.set_defaults(run=cmd_staff_add)
+    from vio.staff_cli import register as register_staff
+
+    register_staff(commands)
 
     bot = commands.add_parser("bot", help="join a session as a headless participant")
     bot.add_argument("--link", required=True,

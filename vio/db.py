@@ -33,9 +33,15 @@ SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def private_file(path: Path) -> None:
-    """Make ``path`` exist (empty if new) with mode 0600, its folder created 0700."""
+    """Make ``path`` exist (empty if new) with mode 0600, its folder created 0700.
+
+    An existing file is only chmod-ed, never opened: closing any descriptor of a SQLite file
+    drops every lock this process holds on it, under the feet of its open connections."""
     if not path.parent.exists():
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    if path.exists():
+        path.chmod(PRIVATE_FILE)
+        return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
     try:
         os.fchmod(fd, PRIVATE_FILE)
@@ -62,7 +68,7 @@ def create_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets foreign keys and a write-ahead log."""
     sqlite = url.startswith("sqlite")
     engine = create_async_engine(
-        url, pool_pre_ping=not sqlite,
+        url, pool_pre_ping=not sqlite, hide_parameters=True,  # no PHI in an error's text
         # A writer waits for another's commit instead of failing with "database is locked".
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS} if sqlite else {})
     if sqlite:

@@ -17,8 +17,9 @@ parts, in order:
 - ``turn``: each of ``VIO_TURN_URLS`` grants a relay allocation (a real TURN Allocate, over UDP,
   TCP or TLS) to credentials minted from ``VIO_TURN_SECRET`` the way rooms mint them.
 
-What it prints holds no secret: database URLs appear without their password, and TURN
-credentials and the secret never appear.
+What it prints holds no secret: the database URL appears without its password (the public URL
+cannot hold one), a bad secret setting is named without its value, and TURN credentials and the
+secret never appear.
 """
 
 from __future__ import annotations
@@ -40,12 +41,11 @@ from aioice import stun
 from aioice.turn import create_turn_endpoint
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from vio.db import alembic_config, create_engine
 from vio.pages.https import is_secure_origin
-from vio.settings import Settings, SettingsError
+from vio.settings import Settings, SettingsError, without_password
 from vio.turn import turn_credentials
 
 __all__ = [
@@ -214,7 +214,7 @@ def tls_check(settings: Settings) -> Check:
 # --- database ------------------------------------------------------------------------------
 
 def shown_database(url: str) -> str:
-    return urllib.parse.unquote(make_url(url).render_as_string(hide_password=True))
+    return without_password(url)
 
 
 def _one_line(exc: BaseException) -> str:

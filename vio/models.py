@@ -50,6 +50,10 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+# Room for a sealed second-factor seed: "v1:" and base64 of nonce, seed and tag (83 characters
+# for the 32-character seeds vio makes).
+SEALED_SEED_LENGTH = 200
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -167,9 +171,13 @@ class StaffUser(Base):
     role: Mapped[StaffRole] = mapped_column(_enum(StaffRole))
     password_hash: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    # The TOTP secret of the staff member's authenticator app, once they set one up, and the
-    # last time step a code was accepted for (a code is good once).
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # Set by an admin's reset: the password is a temporary one, and the next sign-in goes no
+    # further than choosing a new one (``vio.staff_accounts``).
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The TOTP seed of the staff member's authenticator app, once they set one up, sealed under
+    # the install's at-rest key (``vio.security.seal_totp_seed``), and the last time step a code
+    # was accepted for (a code is good once).
+    totp_secret: Mapped[str | None] = mapped_column(String(SEALED_SEED_LENGTH))
     totp_last_step: Mapped[int | None]
 
 
@@ -392,12 +400,14 @@ class AttendanceEvent(Base):
 
 
 class AuditEvent(Base):
-    """Append-only record of who did what to whom, and when, in one hash chain.
+    """Append-only record of who did what to whom, and when, in one sealed chain.
 
-    ``seq`` numbers the rows 1, 2, 3 … without gaps; ``hash`` is the SHA-256 of the row's
-    content and ``prev_hash`` (the hash of row ``seq - 1``), so changing or deleting any row
-    breaks the chain from there on (``vio audit verify``). ``program_id`` scopes the row to
-    the program it concerns (None: not about any one program, such as a failed sign-in).
+    ``seq`` numbers the rows 1, 2, 3 … without gaps; ``hash`` is the HMAC-SHA256, under the
+    install's audit key (``vio.keys``, never stored here), of the row's content and
+    ``prev_hash`` (the hash of row ``seq - 1``). Changing or deleting any row breaks the chain
+    from there on (``vio audit verify``), and without the key nobody can seal it again.
+    ``program_id`` scopes the row to the program it concerns (None: not about any one program,
+    such as a failed sign-in).
     """
 
     __tablename__ = "audit_events"
@@ -419,7 +429,9 @@ class AuditChain(Base):
 
     Every audit write updates this row first, so writers take their turn (the row lock, or
     SQLite's write lock) and each new row links to the one written before it. It also lets
-    ``vio audit verify`` notice that the newest rows were deleted.
+    ``vio audit verify`` notice that the newest rows were deleted, unless this row was set
+    back to match: only a head kept off the machine (``vio audit head``, then ``verify
+    --expect``) catches that.
     """
 
     __tablename__ = "audit_chain"

@@ -6,6 +6,9 @@
 - Each signed token has its own namespace (salt) and always a maximum age.
 - Second factor: TOTP (RFC 6238, 30-second steps, six digits) from an authenticator app; a
   code is accepted once (the last accepted step is kept) and one step either side of now.
+  The seed is kept sealed (``seal_totp_seed``): AES-256-GCM under the install's at-rest key
+  (``InstallKeys.at_rest``), the staff id as associated data, so a copy of the database reads
+  no seed and a seed moved to another account no longer opens.
 - ``AttemptCounter`` counts sign-in tries per key (address and email) in the database, checking
   and counting in one statement, so concurrent guesses from any number of processes get exactly
   the allowed number of tries before the rest are refused unread.
@@ -14,24 +17,29 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import CursorResult, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from vio.clock import Clock
-from vio.models import SignInAttempts
+from vio.db import keys_of
+from vio.keys import InstallKeys
+from vio.models import SignInAttempts, StaffUser
 
 _hasher = PasswordHasher()
 PASSWORD_WORKERS = max(1, (os.cpu_count() or 2) // 2)
@@ -116,6 +124,74 @@ TOTP_ISSUER = "vio"
 
 def new_totp_secret() -> str:
     return pyotp.random_base32()
+
+
+# A sealed seed: "v1:" and URL-safe base64 of a 96-bit nonce followed by the AES-GCM ciphertext
+# and tag. Migration 0010 writes the same form.
+SEALED_SEED_VERSION = "v1"
+SEALED_SEED_NONCE_BYTES = 12
+
+
+class SeedUnreadable(ValueError):
+    """A sealed seed this install cannot open: sealed under another secret key, for another
+    staff member, or damaged."""
+
+
+def _seed_context(staff_id: int) -> bytes:
+    """The associated data that binds a sealed seed to one staff account."""
+    return f"vio totp seed|staff:{staff_id}".encode()
+
+
+def seal_totp_seed(keys: InstallKeys, staff_id: int, seed: str) -> str:
+    """The form ``StaffUser.totp_secret`` keeps: ``seed`` encrypted for ``staff_id`` only."""
+    nonce = os.urandom(SEALED_SEED_NONCE_BYTES)
+    sealed = AESGCM(keys.at_rest).encrypt(nonce, seed.encode(), _seed_context(staff_id))
+    return f"{SEALED_SEED_VERSION}:{base64.urlsafe_b64encode(nonce + sealed).decode()}"
+
+
+@overload
+def open_totp_seed(keys: InstallKeys, staff_id: int, sealed: str) -> str: ...
+@overload
+def open_totp_seed(keys: InstallKeys, staff_id: int, sealed: None) -> None: ...
+def open_totp_seed(keys: InstallKeys, staff_id: int, sealed: str | None) -> str | None:
+    """The seed ``seal_totp_seed`` sealed for ``staff_id`` (None when there is none); raises
+    ``SeedUnreadable`` for anything else."""
+    if sealed is None:
+        return None
+    version, colon, body = sealed.partition(":")
+    if not colon or version != SEALED_SEED_VERSION:
+        raise SeedUnreadable(f"staff {staff_id}: the second-factor seed is not a sealed "
+                             f"{SEALED_SEED_VERSION} seed")
+    try:
+        raw = base64.urlsafe_b64decode(body.encode("ascii"))
+        seed = AESGCM(keys.at_rest).decrypt(raw[:SEALED_SEED_NONCE_BYTES],
+                                            raw[SEALED_SEED_NONCE_BYTES:],
+                                            _seed_context(staff_id))
+        return seed.decode("ascii")
+    except (InvalidTag, ValueError):  # binascii and Unicode errors are ValueErrors
+        raise SeedUnreadable(
+            f"staff {staff_id}: the second-factor seed does not open with this install's key "
+            "(VIO_SECRET_KEY or secret.key other than the one it was sealed with, or a seed "
+            "moved from another account)") from None
+
+
+async def reseal_totp_seeds(db: AsyncSession, old: InstallKeys) -> int:
+    """After ``VIO_SECRET_KEY`` changed: seal each seed sealed under ``old`` again under the
+    session's keys (``keys_of``), in the caller's transaction; returns how many. A seed that
+    opens under neither raises ``SeedUnreadable``, and the caller rolls back."""
+    new = keys_of(db)
+    resealed = 0
+    for staff in (await db.execute(select(StaffUser).where(
+            StaffUser.totp_secret.is_not(None)).order_by(StaffUser.id))).scalars():
+        assert staff.totp_secret is not None
+        try:
+            open_totp_seed(new, staff.id, staff.totp_secret)
+        except SeedUnreadable:
+            seed = open_totp_seed(old, staff.id, staff.totp_secret)
+            staff.totp_secret = seal_totp_seed(new, staff.id, seed)
+            resealed += 1
+    await db.flush()
+    return resealed
 
 
 def totp_uri(secret: str, account: str) -> str:

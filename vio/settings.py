@@ -2,7 +2,8 @@
 
 Every setting is declared once in ``SETTINGS`` with its variable, default, parser and a sentence
 for the README table (``tests/test_docs.py`` keeps the two in step). A bad value raises
-``SettingsError`` naming the variable, and start-up stops there.
+``SettingsError`` naming the variable, and start-up stops there. The message never holds a
+secret: a secret setting is named without its value, and a URL is shown without its password.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,18 @@ from vio.keys import InstallKeys
 
 class SettingsError(ValueError):
     """A setting has a value vio cannot use; the message names the variable."""
+
+
+def without_password(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the one of ``scheme://user:password@``
+    (up to the last ``@``, so a password holding ``@``, ``/`` or spaces goes too) and a
+    ``password=`` query parameter (as asyncpg and redis read them)."""
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def _int(low: int, high: int) -> Callable[[str], int]:
@@ -70,9 +85,17 @@ def _timezone(raw: str) -> str:
 
 
 def _database_url(raw: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     url = raw.strip()
     if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
         raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):  # their messages repeat the URL, password and all
+        raise ValueError("is not a database URL such as "
+                         "postgresql+asyncpg://USER:PASSWORD@HOST:5432/DATABASE") from None
     return url
 
 
@@ -80,6 +103,8 @@ def _url(raw: str) -> str:
     url = raw.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
+    if "@" in urllib.parse.urlsplit(url).netloc:
+        raise ValueError("must hold no user name or password: people open it in their browser")
     return url
 
 
@@ -160,8 +185,18 @@ def default_data_dir(environ: Mapping[str, str]) -> str:
     return str(root / "vio")
 
 
-def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
+def setting(env: str, default: Any, parse: Callable[[str], Any], doc: str, *,
+            secret: bool = False) -> Any:
+    """One setting. A ``secret`` one is left out of the settings' repr and of error messages."""
+    return field(default=default, repr=not secret,
+                 metadata={"env": env, "parse": parse, "doc": doc, "secret": secret})
+
+
+def _bad_value(name: str, raw: str, problem: ValueError, secret: bool) -> SettingsError:
+    """The error for a value ``raw`` of ``name`` that cannot be used, holding no secret."""
+    if secret and raw.strip():
+        return SettingsError(f"{name} (its value is not shown): {problem}")
+    return SettingsError(f"{name}={without_password(raw)!r}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -177,7 +212,7 @@ class Settings:
     secret_key: str = setting(
         "VIO_SECRET_KEY", "", _text,
         "Key that signs cookies and links. Unset: a random key kept in `VIO_DATA_DIR/secret.key` "
-        "(mode 0600).")
+        "(mode 0600).", secret=True)
     public_base_url: str = setting(
         "VIO_PUBLIC_BASE_URL", "http://127.0.0.1:8000", _url,
         "Address people use to reach vio; links in invites and demo output start with it.")
@@ -224,11 +259,10 @@ class Settings:
         "VIO_TURN_URLS", (), _turn_urls,
         "coturn URLs handed to browsers with per-ticket credentials, comma-separated (e.g. "
         "`turn:turn.example.org:3478?transport=udp,turns:turn.example.org:443?transport=tcp`).")
-    turn_secret: str = field(
-        default="", repr=False, metadata={
-            "env": "VIO_TURN_SECRET", "parse": _text,
-            "doc": "Shared secret with coturn (`static-auth-secret`), which mints the TURN "
-                   "credentials; needed with `VIO_TURN_URLS`."})
+    turn_secret: str = setting(
+        "VIO_TURN_SECRET", "", _text,
+        "Shared secret with coturn (`static-auth-secret`), which mints the TURN "
+        "credentials; needed with `VIO_TURN_URLS`.", secret=True)
     turn_credential_margin_minutes: int = setting(
         "VIO_TURN_CREDENTIAL_MARGIN_MINUTES", 60, _int(1, 1440),
         "TURN credentials stay valid this long past the session's scheduled end (covers "
@@ -353,7 +387,7 @@ class Settings:
                 try:
                     values[f.name] = f.metadata["parse"](env[name])
                 except ValueError as exc:
-                    raise SettingsError(f"{name}={env[name]!r}: {exc}") from None
+                    raise _bad_value(name, env[name], exc, f.metadata["secret"]) from None
         values.update(overrides)
         settings = cls(**values)
         if settings.turn_urls and not settings.turn_secret:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import ssl
 import subprocess
@@ -72,7 +73,14 @@ def caddy_config(https_port: int, http_port: int, vio_port: int, storage: Path,
     site = site.replace(f"\n{hostname} {{\n", f"\n{hostname} {{\n\tbind 127.0.0.1\n", 1)
     if "\tbind 127.0.0.1" not in site:
         raise RuntimeError(f"the Caddyfile has no site block for {hostname}")
-    return (f"{{\n\tadmin off\n\tlocal_certs\n\tskip_install_trust\n"
+    # The shipped global options, but for the address it binds (the site is bound above).
+    shipped = re.search(r"^\{\n(.*?)^\}\n", site, re.M | re.S)
+    options = "" if shipped is None else "".join(
+        f"{line}\n" for line in shipped.group(1).splitlines()
+        if line.split("#", 1)[0].split()[:1] not in ([], ["admin"], ["default_bind"]))
+    if shipped is not None:
+        site = site[:shipped.start()] + site[shipped.end():]
+    return (f"{{\n\tadmin off\n{options}\tlocal_certs\n\tskip_install_trust\n"
             f"\tstorage file_system {storage}\n\thttp_port {http_port}\n"
             f"\thttps_port {https_port}\n\tauto_https disable_redirects\n}}\n\n{site}")
 

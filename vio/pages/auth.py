@@ -6,6 +6,11 @@ keyed by address and email): once the tries are used up, the rest are refused un
 address is the connection's peer as uvicorn reports it, which honours ``X-Forwarded-For`` only
 from ``VIO_TRUSTED_PROXIES``. Passwords are checked off the event loop. Every sign-in, failed
 sign-in and sign-out is audited.
+
+After the password, a sign-in stays pending (it names no one: no staff page, room or socket
+lets it in) while it owes a step, taken at ``/login/second-factor``: the authenticator code
+where set up or required, then, after an admin's reset (``StaffUser.must_change_password``),
+a new password of the person's own choosing.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import asyncio
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from vio import clinic, identity
+from vio import clinic, identity, staff_accounts
+from vio.db import keys_of
 from vio.identity import SignInRules, patient_identity, staff_identity
 from vio.models import Program, SignInKind, SignInSession, StaffRole, StaffUser
 from vio.pages import forms
@@ -28,13 +35,17 @@ from vio.pages.common import (
     begin_sign_in,
     checked_form,
     current_viewer,
+    disconnect_sign_ins,
     render,
     sign_out,
     state,
 )
+from vio.password_policy import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from vio.security import (
     DUMMY_HASH,
     new_totp_secret,
+    open_totp_seed,
+    seal_totp_seed,
     totp_accepts,
     totp_uri,
     verify_password_off_loop,
@@ -44,6 +55,8 @@ NOT_AUTHORISED = "That email and password don't match our records."
 TOO_MANY = "Too many sign-in attempts. Please wait a few minutes and try again."
 WRONG_CODE = "That code didn't work. Please enter the current code from your app."
 SETUP_KEY = "totp_setup"  # in the cookie while a required second factor is being set up
+# In the cookie: the sign-in whose authenticator code was right while its new password is due.
+SECOND_FACTOR_PASSED_KEY = "second_factor_passed"
 
 
 def safe_next(target: object) -> str:
@@ -53,6 +66,13 @@ def safe_next(target: object) -> str:
             and len(target) <= forms.TEXT_LIMITS["next"]):
         return target
     return "/staff"
+
+
+def password_field(form: FormData, name: str) -> str:
+    """A password field as typed (not trimmed: the policy refuses spaces at either end), or
+    empty; one past the sign-in form's cap at most, which the policy still refuses."""
+    value = form.get(name)
+    return value[:forms.TEXT_LIMITS["password"] + 1] if isinstance(value, str) else ""
 
 
 def _client(request: Request) -> str:
@@ -101,7 +121,7 @@ async def login(request: Request) -> Response:
         if staff is None or not staff.active or not ok:
             return await _failed(request, db, email, next_page, "password")
         program = await db.get(Program, staff.program_id)
-        pending = needs_second_factor(staff, program)
+        pending = staff.must_change_password or needs_second_factor(staff, program)
         new = await identity.start_sign_in(db, SignInKind.STAFF, app.clock.now(),
                                            app.sign_in_rules, staff_id=staff.id,
                                            second_factor_pending=pending)
@@ -130,15 +150,57 @@ async def _pending(request: Request, db: AsyncSession,
     return (row, staff) if staff is not None and staff.active else None
 
 
+async def _new_password(request: Request, db: AsyncSession, row: SignInSession,
+                        staff: StaffUser, second_factor_used: bool) -> Response:
+    """The last step of a sign-in after an admin's reset: the person's own new password,
+    which finishes the sign-in."""
+    app = state(request)
+    next_page = safe_next(request.query_params.get("next"))
+    error = None
+    if request.method == "POST":
+        form = await checked_form(request)
+        next_page = safe_next(form.get("next"))
+        new = password_field(form, "new_password")
+        now = app.clock.now()
+        try:
+            if new != password_field(form, "new_password_again"):
+                raise staff_accounts.AccountRefused(staff_accounts.PASSWORDS_DIFFER)
+            ended = await staff_accounts.change_password(
+                db, staff, new, now, staff_identity(staff.id), current_password=None,
+                keep_sign_in=row.id, at_sign_in=True)
+        except staff_accounts.AccountRefused as refused:
+            error = refused.message
+        else:
+            row.second_factor_pending = False
+            row.expires_at = now + app.sign_in_rules.lifetime
+            await clinic.audit(db, now, staff_identity(staff.id), "sign-in",
+                               staff_identity(staff.id),
+                               via="password+totp" if second_factor_used else "password",
+                               new_password_set=True)
+            await db.commit()
+            disconnect_sign_ins(request, ended)
+            await app.sign_in_attempts.clear(f"{_client(request)}|{staff.email}")
+            request.session.pop(SECOND_FACTOR_PASSED_KEY, None)
+            return RedirectResponse(next_page, status_code=303)
+    return render(request, "new_password.html", status_code=400 if error else 200,
+                  error=error, next=next_page, min_password_length=MIN_PASSWORD_LENGTH,
+                  max_password_length=MAX_PASSWORD_LENGTH)
+
+
 async def second_factor(request: Request) -> Response:
-    """The authenticator code after the password; sets the app up first when the program
-    requires it and the staff member has none yet."""
+    """The steps a staff sign-in may still owe after the password: the authenticator code
+    (set the app up first when the program requires it and the staff member has none yet),
+    then, after an admin's reset, a new password."""
     app = state(request)
     async with app.db() as db:
         found = await _pending(request, db, app.sign_in_rules)
         if found is None:
             return RedirectResponse("/login", status_code=303)
         row, staff = found
+        if staff.must_change_password:
+            factor = needs_second_factor(staff, await db.get(Program, staff.program_id))
+            if not factor or request.session.get(SECOND_FACTOR_PASSED_KEY) == row.id:
+                return await _new_password(request, db, row, staff, factor)
         setup = None
         if staff.totp_secret is None:
             setup = request.session.get(SETUP_KEY)
@@ -154,7 +216,7 @@ async def second_factor(request: Request) -> Response:
             if not await app.sign_in_attempts.reserve(key):
                 return render(request, "second_factor.html", status_code=429, error=TOO_MANY,
                               setup=setup, next=next_page, uri=None)
-            secret = staff.totp_secret or setup
+            secret = open_totp_seed(keys_of(db), staff.id, staff.totp_secret) or setup
             assert secret is not None
             step = totp_accepts(secret, form.get("code"), app.clock.now(), staff.totp_last_step)
             if step is None:
@@ -165,7 +227,15 @@ async def second_factor(request: Request) -> Response:
                 await asyncio.sleep(app.settings.login_failure_delay_ms / 1000)
                 error = WRONG_CODE
             else:
-                staff.totp_secret, staff.totp_last_step = secret, step
+                if setup is not None:
+                    staff.totp_secret = seal_totp_seed(keys_of(db), staff.id, secret)
+                staff.totp_last_step = step
+                if staff.must_change_password:  # the new password comes next, and last
+                    request.session[SECOND_FACTOR_PASSED_KEY] = row.id
+                    await db.commit()
+                    request.session.pop(SETUP_KEY, None)
+                    return RedirectResponse(f"/login/second-factor?next={quote(next_page)}",
+                                            status_code=303)
                 row.second_factor_pending = False
                 row.expires_at = app.clock.now() + app.sign_in_rules.lifetime
                 await clinic.audit(db, app.clock.now(), staff_identity(staff.id), "sign-in",
