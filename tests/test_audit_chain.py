@@ -1,6 +1,6 @@
 """The audit log is one sealed chain: `vio audit verify` names the first row altered or deleted.
 
-Rows are written the way the app writes them (sign-ins through the pages, `clinic.audit`), then
+Rows are written the way the app writes them (sign-ins through the pages, `audit_chain.audit`), then
 changed behind the app's back with plain SQL, as someone with the database but not the install's
 secret could: rewriting rows and recomputing hashes (plain SHA-256, or an HMAC under another
 secret's key), deleting the newest rows and setting the head row back to match.
@@ -25,9 +25,9 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import TEST_KEYS, TEST_SECRET, csrf_from, seconds
-from vio import clinic
+from vio import audit_chain
+from vio.audit_chain import AuditHead, ChainProblem
 from vio.cli import main
-from vio.clinic import AuditHead, ChainProblem
 from vio.db import alembic_config, create_engine, migrate, session_factory
 from vio.keys import InstallKeys
 from vio.models import AuditChain, AuditEvent
@@ -49,7 +49,7 @@ def plain_sha256(row: AuditEvent, prev_hash: str) -> str:
 
 
 def sealed_with(keys: InstallKeys) -> Seal:
-    return lambda row, prev_hash: clinic.audit_digest(
+    return lambda row, prev_hash: audit_chain.audit_digest(
         keys.audit, row.seq, row.at, row.program_id, row.actor, row.action, row.target,
         row.detail, prev_hash)
 
@@ -60,8 +60,8 @@ async def _write(url: str, count: int, start: int = 0) -> None:
         await migrate(engine, TEST_KEYS)
         async with session_factory(engine, TEST_KEYS)() as db:
             for n in range(start, start + count):
-                await clinic.audit(db, AT + timedelta(seconds=n), "staff:1", "test-event",
-                                   f"patient:{n}", n=n, note="ünïcode ✓")
+                await audit_chain.audit(db, AT + timedelta(seconds=n), "staff:1", "test-event",
+                                        f"patient:{n}", n=n, note="ünïcode ✓")
             await db.commit()
     finally:
         await engine.dispose()
@@ -95,7 +95,7 @@ async def _row(url: str, seq: int) -> AuditEvent:
 async def _rechain_from(url: str, first_seq: int, seal: Seal) -> None:
     """Recompute every hash from row ``first_seq`` on with ``seal``, and the head to match."""
     async with _session(url) as db:
-        prev_hash = clinic.AUDIT_GENESIS
+        prev_hash = audit_chain.AUDIT_GENESIS
         for row in (await db.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars():
             if row.seq >= first_seq:
                 row.prev_hash, row.hash = prev_hash, seal(row, prev_hash)
@@ -105,9 +105,9 @@ async def _rechain_from(url: str, first_seq: int, seal: Seal) -> None:
 
 
 async def _verified(url: str, expect: AuditHead | None = None,
-                    keys: InstallKeys = TEST_KEYS) -> clinic.ChainReport:
+                    keys: InstallKeys = TEST_KEYS) -> audit_chain.ChainReport:
     async with _session(url, keys) as db:
-        return await clinic.verify_audit_chain(db, expect)
+        return await audit_chain.verify_audit_chain(db, expect)
 
 
 def verify(monkeypatch, capsys, url: str, *options: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
@@ -179,7 +179,7 @@ def test_another_secrets_key_cannot_forge_a_chain_that_verifies(sqlite_url, tmp_
     asyncio.run(_rechain_from(sqlite_url, 1, sealed_with(OTHER_KEYS)))
     report = asyncio.run(_verified(sqlite_url))
     assert report.broken is not None and report.broken.seq == 1
-    assert report.head == AuditHead(0, clinic.AUDIT_GENESIS)
+    assert report.head == AuditHead(0, audit_chain.AUDIT_GENESIS)
     assert asyncio.run(_verified(sqlite_url, keys=OTHER_KEYS)).broken is None
     ran = vio(sqlite_url, tmp_path, "audit", "verify")
     assert ran.returncode == 1 and "audit row 1 (id " in ran.stderr, ran.stderr
@@ -298,7 +298,7 @@ async def test_the_apps_own_rows_chain_and_are_scoped_to_their_program(client, d
     client.post("/login", data={"email": "admin@demo.vio", "password": "demo-admin",
                                 "csrf_token": token})
     assert client.get(f"/staff/patients/{demo.patients['Dana Reyes'].id}").status_code == 200
-    report = await clinic.verify_audit_chain(db)
+    report = await audit_chain.verify_audit_chain(db)
     assert report.broken is None and report.rows >= 3
     rows = (await db.execute(select(AuditEvent).order_by(AuditEvent.seq))).scalars().all()
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
@@ -316,12 +316,12 @@ async def test_concurrent_writers_keep_one_chain(engine):
 
     async def writer(n: int) -> None:
         async with factory() as db:
-            await clinic.audit(db, AT, f"staff:{n}", "concurrent", "program:1", n=n)
+            await audit_chain.audit(db, AT, f"staff:{n}", "concurrent", "program:1", n=n)
             await db.commit()
 
     await asyncio.gather(*(writer(n) for n in range(20)))
     async with factory() as db:
-        report = await clinic.verify_audit_chain(db)
+        report = await audit_chain.verify_audit_chain(db)
     assert report.broken is None and report.rows == 20
 
 
@@ -358,7 +358,7 @@ def test_rows_written_before_the_chain_existed_are_chained_by_the_migrations(
                          "detail": f'{{"n": {n}}}'})
             await migrate(engine, TEST_KEYS)
             async with session_factory(engine, TEST_KEYS)() as db:
-                await clinic.audit(db, AT, "cli:root", "new-event", "program:1")
+                await audit_chain.audit(db, AT, "cli:root", "new-event", "program:1")
                 await db.commit()
                 rows = (await db.execute(select(AuditEvent).order_by(AuditEvent.seq))
                         ).scalars().all()
@@ -390,7 +390,7 @@ async def _old_install(url: str, count: int) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(lambda c: command.upgrade(alembic_config(c, TEST_KEYS), "0007"))
-            prev_hash = clinic.AUDIT_GENESIS
+            prev_hash = audit_chain.AUDIT_GENESIS
             for n in range(1, count + 1):
                 row = AuditEvent(seq=n, at=AT + timedelta(minutes=n), program_id=None,
                                  actor="staff:1", action="old-event", target=f"patient:{n}",
@@ -523,7 +523,7 @@ def test_downgrading_unseals_the_chain_with_a_record(sqlite_url):
     asyncio.run(up_and_down())
     rows = asyncio.run(_rows(sqlite_url))
     assert [r.action for r in rows[3:]] == ["audit-chain-sealed", "audit-chain-unsealed"]
-    prev_hash = clinic.AUDIT_GENESIS
+    prev_hash = audit_chain.AUDIT_GENESIS
     for row in rows:
         assert row.prev_hash == prev_hash and row.hash == plain_sha256(row, prev_hash)
         prev_hash = row.hash

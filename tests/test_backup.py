@@ -31,7 +31,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import POSTGRES_URL, TEST_KEYS, seconds
-from vio import clinic, demo
+from vio import audit_chain, demo
 from vio.db import create_engine, migrate, session_factory
 from vio.identity import staff_identity
 from vio.keys import InstallKeys
@@ -133,7 +133,7 @@ async def fill(engine: AsyncEngine) -> Filled:
         assert admin is not None
         admin.totp_secret = seal_totp_seed(TEST_KEYS, admin.id, seed)
         actor = staff_identity(admin.id)
-        await clinic.audit(db, now, actor, "second-factor-enabled", actor)
+        await audit_chain.audit(db, now, actor, "second-factor-enabled", actor)
         await db.commit()
         return Filled(seed, admin.id)
 

@@ -22,7 +22,7 @@ import getpass
 import json
 import sys
 
-from vio.clinic import AuditHead, ChainReport, reseal_audit_chain, verify_audit_chain
+from vio.audit_chain import AuditHead, ChainReport, reseal_audit_chain, verify_audit_chain
 from vio.clock import SystemClock
 from vio.db import opened
 from vio.keys import InstallKeys

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vio import clinic
+from vio import audit_chain
 from vio.errors import REFUSAL_TEXT
 from vio.errors import InviteRefused as InviteRefused
 from vio.identity import family_member_identity, patient_identity
@@ -81,8 +81,9 @@ async def issue_invite(db: AsyncSession, session: Session, member: FamilyMember,
                           expires_at=session.ends_at)
     db.add(invite)
     await db.flush()
-    await clinic.audit(db, now, actor, "family-invite-issued", family_member_identity(member.id),
-                       session=session.id, invite=invite.id)
+    await audit_chain.audit(db, now, actor, "family-invite-issued",
+                            family_member_identity(member.id),
+                            session=session.id, invite=invite.id)
     return f"{invite.id}.{secret}"
 
 
@@ -124,8 +125,8 @@ async def revoke_invite(db: AsyncSession, invite: FamilyInvite, actor: str,
                         now: datetime) -> None:
     if invite.revoked_at is None:
         invite.revoked_at = now
-        await clinic.audit(db, now, actor, "family-invite-revoked",
-                           family_member_identity(invite.family_member_id), invite=invite.id)
+        await audit_chain.audit(db, now, actor, "family-invite-revoked",
+                                family_member_identity(invite.family_member_id), invite=invite.id)
 
 
 async def revoke_consent(db: AsyncSession, consent: Consent, actor: str,
@@ -135,8 +136,8 @@ async def revoke_consent(db: AsyncSession, consent: Consent, actor: str,
     Returns the ids of the invites revoked.
     """
     consent.revoked_at = now
-    await clinic.audit(db, now, actor, "consent-revoked", patient_identity(consent.patient_id),
-                       consent=consent.id, kind=consent.kind.value)
+    await audit_chain.audit(db, now, actor, "consent-revoked", patient_identity(consent.patient_id),
+                            consent=consent.id, kind=consent.kind.value)
     if consent.kind is not ConsentKind.FAMILY_DISCLOSURE or consent.family_member_id is None:
         return []
     invites = (await db.execute(select(FamilyInvite).where(

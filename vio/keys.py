@@ -4,7 +4,7 @@ Whoever can write the database still cannot forge what these keys seal or read w
 encrypt, so long as the secret stays off the database (it lives in the environment, or in the
 data folder's ``secret.key``, which backups do not include).
 
-- ``audit``: the HMAC-SHA256 key of the audit chain (``vio.clinic.audit_digest``).
+- ``audit``: the HMAC-SHA256 key of the audit chain (``vio.audit_chain.audit_digest``).
 - ``at_rest``: the key of secrets kept at rest in the database (second-factor seeds).
 
 Each is HKDF-SHA256 of the secret with its own purpose label, so one key says nothing of the

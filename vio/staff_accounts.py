@@ -6,7 +6,7 @@ of the same program, the person themselves) is the caller's to decide. Every cha
 
 - checks a new password against ``vio.password_policy`` (a refusal is ``AccountRefused``,
   with a sentence for the person, and changes nothing);
-- writes one audit row (``vio.clinic.audit``; never a password, never a name or email);
+- writes one audit row (``vio.audit_chain.audit``; never a password, never a name or email);
 - ends the sign-ins it must and returns their ids, so that the caller, after committing, takes
   those connections out of live rooms (``vio.pages.common.disconnect_sign_ins``).
 
@@ -25,7 +25,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vio import clinic, identity
+from vio import audit_chain, clinic, identity
 from vio.identity import EndReason, staff_identity
 from vio.models import Program, SignInSession, StaffRole, StaffUser
 from vio.password_policy import REFUSAL_TEXT, password_refusal, temporary_password
@@ -121,7 +121,8 @@ async def add_account(db: AsyncSession, program_name: str, name: str, email: str
                       password_hash=await hash_password_off_loop(password))
     db.add(staff)
     await db.flush()
-    await clinic.audit(db, now, actor, "staff-added", staff_identity(staff.id), role=role.value)
+    await audit_chain.audit(db, now, actor, "staff-added", staff_identity(staff.id),
+                            role=role.value)
     return staff
 
 
@@ -141,8 +142,8 @@ async def change_password(db: AsyncSession, staff: StaffUser, new_password: str,
     staff.password_hash = await hash_password_off_loop(new_password)
     staff.must_change_password = False
     ended = await _end_sign_ins(db, staff.id, now, EndReason.SIGNED_OUT, keep_sign_in)
-    await clinic.audit(db, now, actor, "staff-password-changed", staff_identity(staff.id),
-                       at_sign_in=at_sign_in, sign_ins_ended=len(ended))
+    await audit_chain.audit(db, now, actor, "staff-password-changed", staff_identity(staff.id),
+                            at_sign_in=at_sign_in, sign_ins_ended=len(ended))
     return ended
 
 
@@ -161,8 +162,8 @@ async def reset_sign_in(db: AsyncSession, staff: StaffUser, now: datetime, actor
         staff.totp_secret = None
         staff.totp_last_step = None
     ended = await _end_sign_ins(db, staff.id, now, EndReason.SIGNED_OUT)
-    await clinic.audit(db, now, actor, "staff-password-reset", staff_identity(staff.id),
-                       second_factor_cleared=second_factor, sign_ins_ended=len(ended))
+    await audit_chain.audit(db, now, actor, "staff-password-reset", staff_identity(staff.id),
+                            second_factor_cleared=second_factor, sign_ins_ended=len(ended))
     return Reset(temporary, second_factor, ended)
 
 
@@ -185,8 +186,8 @@ async def set_active(db: AsyncSession, staff: StaffUser, active: bool, now: date
             raise AccountRefused(LAST_ADMIN)
     staff.active = active
     ended = [] if active else await _end_sign_ins(db, staff.id, now, EndReason.DEACTIVATED)
-    await clinic.audit(db, now, actor, "staff-activated" if active else "staff-deactivated",
-                       staff_identity(staff.id), sign_ins_ended=len(ended))
+    await audit_chain.audit(db, now, actor, "staff-activated" if active else "staff-deactivated",
+                            staff_identity(staff.id), sign_ins_ended=len(ended))
     return ended
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vio import clinic
+from vio import audit_chain
 from vio.attendance.dosage import DosageAlert, IsoWeek, WeeklyDosage
 from vio.attendance.models import REASON_MAX_CHARS
 from vio.identity import staff_identity
@@ -98,8 +98,8 @@ async def dismiss(db: AsyncSession, patient: Patient, dosage: WeeklyDosage, aler
     row = AlertDismissal(patient_id=patient.id, week_start=dosage.week.monday,
                          alert=alert.value, note=text, dismissed_by=staff.id, dismissed_at=now)
     db.add(row)
-    await clinic.audit(db, now, staff_identity(staff.id), "alert-dismissed",
-                       f"patient:{patient.id}", week=str(dosage.week), alert=alert.value,
-                       note=text)
+    await audit_chain.audit(db, now, staff_identity(staff.id), "alert-dismissed",
+                            f"patient:{patient.id}", week=str(dosage.week), alert=alert.value,
+                            note=text)
     await db.flush()
     return row

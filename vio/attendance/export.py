@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vio import clinic
+from vio import audit_chain
 from vio.attendance.intervals import SECONDS_PER_MINUTE, AttendanceStatus
 from vio.attendance.records import (
     PersonRecord,
@@ -424,8 +424,8 @@ async def export_attendance(db: AsyncSession, program: Program, first_day: date,
         bundle = fhir_bundle(records, program.timezone, now, names)
         export = Export(json.dumps(bundle, indent=1), "application/fhir+json",
                         f"{stem}.fhir.json", bundle["total"])
-    await clinic.audit(db, now, actor, "attendance-exported", f"program:{program.id}",
-                       format=export_format.value, first_day=first_day.isoformat(),
-                       last_day=last_day.isoformat(), count=export.count)
+    await audit_chain.audit(db, now, actor, "attendance-exported", f"program:{program.id}",
+                            format=export_format.value, first_day=first_day.isoformat(),
+                            last_day=last_day.isoformat(), count=export.count)
     await db.flush()
     return export

@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from vio import clinic
+from vio import audit_chain, clinic
 from vio.attendance.dosage import (
     DosagePlan,
     IsoWeek,
@@ -375,9 +375,9 @@ async def override_status(db: AsyncSession, record: SessionAttendance, person: s
     review = AttendanceReview(session_id=record.session.id, person=person, status=status,
                               reason=reason, by_staff_id=staff.id, at=now)
     db.add(review)
-    await clinic.audit(db, now, staff_identity(staff.id), "attendance-override",
-                       f"session:{record.session.id}", person=person, status=status.value,
-                       measured=current.attendance.status.value, reason=reason)
+    await audit_chain.audit(db, now, staff_identity(staff.id), "attendance-override",
+                            f"session:{record.session.id}", person=person, status=status.value,
+                            measured=current.attendance.status.value, reason=reason)
     await db.flush()
     return review
 
@@ -392,9 +392,9 @@ async def sign_off(db: AsyncSession, record: SessionAttendance, staff: StaffUser
     review = AttendanceReview(session_id=record.session.id, by_staff_id=staff.id, at=now,
                               signed_off_at=now, signed_off_by=staff.id)
     db.add(review)
-    await clinic.audit(db, now, staff_identity(staff.id), "attendance-sign-off",
-                       f"session:{record.session.id}",
-                       statuses={p.person: p.status.value for p in record.people})
+    await audit_chain.audit(db, now, staff_identity(staff.id), "attendance-sign-off",
+                            f"session:{record.session.id}",
+                            statuses={p.person: p.status.value for p in record.people})
     await db.flush()
     return review
 

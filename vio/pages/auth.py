@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from vio import clinic, identity, staff_accounts
+from vio import audit_chain, clinic, identity, staff_accounts
 from vio.db import keys_of
 from vio.identity import SignInRules, patient_identity, staff_identity
 from vio.models import Program, SignInKind, SignInSession, StaffRole, StaffUser
@@ -88,8 +88,8 @@ def needs_second_factor(staff: StaffUser, program: Program | None) -> bool:
 async def _failed(request: Request, db: AsyncSession, email: str, next_page: str,
                   reason: str) -> Response:
     app = state(request)
-    await clinic.audit_in(db, None, app.clock.now(), f"address:{_client(request)}",
-                          "sign-in-failed", f"email:{email[:100]}", reason=reason)
+    await audit_chain.audit_in(db, None, app.clock.now(), f"address:{_client(request)}",
+                               "sign-in-failed", f"email:{email[:100]}", reason=reason)
     await db.commit()
     await asyncio.sleep(app.settings.login_failure_delay_ms / 1000)
     return render(request, "login.html", status_code=401, error=NOT_AUTHORISED, email=email,
@@ -126,8 +126,8 @@ async def login(request: Request) -> Response:
                                            app.sign_in_rules, staff_id=staff.id,
                                            second_factor_pending=pending)
         if not pending:
-            await clinic.audit(db, app.clock.now(), staff_identity(staff.id), "sign-in",
-                               staff_identity(staff.id), via="password")
+            await audit_chain.audit(db, app.clock.now(), staff_identity(staff.id), "sign-in",
+                                    staff_identity(staff.id), via="password")
         await db.commit()
     if not pending:  # after the commit: the counter writes in a transaction of its own
         await app.sign_in_attempts.clear(key)
@@ -173,10 +173,10 @@ async def _new_password(request: Request, db: AsyncSession, row: SignInSession,
         else:
             row.second_factor_pending = False
             row.expires_at = now + app.sign_in_rules.lifetime
-            await clinic.audit(db, now, staff_identity(staff.id), "sign-in",
-                               staff_identity(staff.id),
-                               via="password+totp" if second_factor_used else "password",
-                               new_password_set=True)
+            await audit_chain.audit(db, now, staff_identity(staff.id), "sign-in",
+                                    staff_identity(staff.id),
+                                    via="password+totp" if second_factor_used else "password",
+                                    new_password_set=True)
             await db.commit()
             disconnect_sign_ins(request, ended)
             await app.sign_in_attempts.clear(f"{_client(request)}|{staff.email}")
@@ -220,9 +220,9 @@ async def second_factor(request: Request) -> Response:
             assert secret is not None
             step = totp_accepts(secret, form.get("code"), app.clock.now(), staff.totp_last_step)
             if step is None:
-                await clinic.audit(db, app.clock.now(), staff_identity(staff.id),
-                                   "sign-in-failed", staff_identity(staff.id),
-                                   reason="second-factor")
+                await audit_chain.audit(db, app.clock.now(), staff_identity(staff.id),
+                                        "sign-in-failed", staff_identity(staff.id),
+                                        reason="second-factor")
                 await db.commit()
                 await asyncio.sleep(app.settings.login_failure_delay_ms / 1000)
                 error = WRONG_CODE
@@ -238,9 +238,9 @@ async def second_factor(request: Request) -> Response:
                                             status_code=303)
                 row.second_factor_pending = False
                 row.expires_at = app.clock.now() + app.sign_in_rules.lifetime
-                await clinic.audit(db, app.clock.now(), staff_identity(staff.id), "sign-in",
-                                   staff_identity(staff.id), via="password+totp",
-                                   second_factor_set_up=setup is not None)
+                await audit_chain.audit(db, app.clock.now(), staff_identity(staff.id), "sign-in",
+                                        staff_identity(staff.id), via="password+totp",
+                                        second_factor_set_up=setup is not None)
                 await db.commit()
                 await app.sign_in_attempts.clear(key)
                 request.session.pop(SETUP_KEY, None)
@@ -255,8 +255,8 @@ async def logout(request: Request) -> Response:
     async with state(request).db() as db:
         viewer = await current_viewer(request, db)
         if viewer.sign_in_id is not None:
-            await clinic.audit(db, state(request).clock.now(), viewer.actor, "sign-out",
-                               viewer.actor)
+            await audit_chain.audit(db, state(request).clock.now(), viewer.actor, "sign-out",
+                                    viewer.actor)
         await sign_out(request, db, viewer)
     return RedirectResponse("/", status_code=303)
 
@@ -279,8 +279,8 @@ async def patient_link(request: Request) -> Response:
         # ticket may still stand on it.
         new = await identity.start_sign_in(db, SignInKind.PATIENT, now, app.sign_in_rules,
                                            patient_id=result.id)
-        await clinic.audit(db, now, patient_identity(result.id), "sign-in",
-                           patient_identity(result.id), via="personal-link")
+        await audit_chain.audit(db, now, patient_identity(result.id), "sign-in",
+                                patient_identity(result.id), via="personal-link")
         await db.commit()
     begin_sign_in(request, new)
     return RedirectResponse("/me", status_code=303)

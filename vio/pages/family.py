@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from vio import clinic, family, identity
+from vio import audit_chain, clinic, family, identity
 from vio.errors import refusal
 from vio.identity import EndReason
 from vio.models import (
@@ -110,9 +110,9 @@ async def invite_link(request: Request) -> Response:
                     db, SignInKind.FAMILY, now, app.sign_in_rules,
                     family_invite_id=checked.invite.id, family_member_id=checked.member.id,
                     family_name=name, device=device)
-                await clinic.audit(db, now, f"family-invite:{checked.invite.id}",
-                                   "family-invite-opened", f"session:{checked.session.id}",
-                                   name=name)
+                await audit_chain.audit(db, now, f"family-invite:{checked.invite.id}",
+                                        "family-invite-opened", f"session:{checked.session.id}",
+                                        name=name)
                 await db.commit()
                 request.session[DEVICE_KEY] = device
                 begin_sign_in(request, new)
@@ -251,8 +251,8 @@ async def _family_change(request: Request, db: AsyncSession, viewer: Viewer, sco
                               contact=forms.text(form, "contact", "Contact", required=False))
         db.add(member)
         await db.flush()
-        await clinic.audit(db, now, viewer.actor, "family-member-added",
-                           f"patient:{patient.id}", member=member.id)
+        await audit_chain.audit(db, now, viewer.actor, "family-member-added",
+                                f"patient:{patient.id}", member=member.id)
         return None
     if action not in ("add-consent", "revoke-consent"):
         raise FormProblem("Unknown action.")
@@ -283,8 +283,8 @@ async def _family_change(request: Request, db: AsyncSession, viewer: Viewer, sco
                       granted_at=now, expires_at=expires)
     db.add(consent)
     await db.flush()
-    await clinic.audit(db, now, viewer.actor, "consent-recorded",
-                       f"patient:{patient.id}", consent=consent.id, kind=kind.value)
+    await audit_chain.audit(db, now, viewer.actor, "consent-recorded",
+                            f"patient:{patient.id}", consent=consent.id, kind=kind.value)
     return None
 
 
@@ -317,7 +317,7 @@ async def family_and_consents(request: Request, db: AsyncSession, viewer: Viewer
     consents = (await db.execute(select(Consent).where(Consent.patient_id == patient.id)
                                  .order_by(Consent.granted_at.desc()))).scalars().all()
     if request.method == "GET":
-        await clinic.audit(db, now, viewer.actor, "consents-view", f"patient:{patient.id}")
+        await audit_chain.audit(db, now, viewer.actor, "consents-view", f"patient:{patient.id}")
         await db.commit()
     return render(request, "family/staff_family.html", status_code=400 if error else 200,
                   patient=patient, members=members, consents=consents, error=error, now=now,

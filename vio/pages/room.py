@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from vio import clinic, family
+from vio import audit_chain, clinic, family
 from vio.identity import patient_identity, session_identity
 from vio.models import AttendanceKind, FamilyInvite, Patient, Program, Session, SessionStatus
 from vio.pages import forms
@@ -150,8 +150,8 @@ async def check_in(request: Request) -> Response:
                 error = "Please tell us where you are right now."
             if error is None:
                 now = app.clock.now()
-                await clinic.audit(db, now, patient_identity(patient.id), "check-in",
-                                   session_identity(session_id), location=detail["location"])
+                await audit_chain.audit(db, now, patient_identity(patient.id), "check-in",
+                                        session_identity(session_id), location=detail["location"])
                 await records.append_event(db, session_id, now, RoomEvent(
                     AttendanceKind.CHECKED_IN, person=patient_identity(patient.id), role="patient",
                     patient_id=patient.id, detail=detail))

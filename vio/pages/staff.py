@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from vio import clinic, identity
+from vio import audit_chain, clinic, identity
 from vio.attendance import records
 from vio.attendance.intervals import Presence
 from vio.attendance.records import SessionAttendance, SessionOutcome, person_names
@@ -87,7 +87,7 @@ async def program_of(db: AsyncSession, viewer: Viewer) -> Program:
 async def viewed(request: Request, db: AsyncSession, viewer: Viewer, action: str,
                  target: str, **detail: object) -> None:
     """Audit one view of protected health information, committed now."""
-    await clinic.audit(db, state(request).clock.now(), viewer.actor, action, target, **detail)
+    await audit_chain.audit(db, state(request).clock.now(), viewer.actor, action, target, **detail)
     await db.commit()
 
 
@@ -197,16 +197,16 @@ async def patient_edit(request: Request, db: AsyncSession, viewer: Viewer,
                 token = await clinic.issue_patient_link(db, app.signer, patient,
                                                         app.clock.now())
                 link = f"{app.settings.public_base_url}/p/{token}"
-                await clinic.audit(db, app.clock.now(), viewer.actor, "patient-link-issued",
-                                   f"patient:{patient.id}")
+                await audit_chain.audit(db, app.clock.now(), viewer.actor, "patient-link-issued",
+                                        f"patient:{patient.id}")
                 await db.commit()
             elif form.get("confirm") != "yes":
                 error, status_code = ("Tick the box to confirm turning off every link; "
                                       "nothing was changed."), 400
             else:
                 count = await clinic.revoke_patient_links(db, patient.id, app.clock.now())
-                await clinic.audit(db, app.clock.now(), viewer.actor, "patient-links-revoked",
-                                   f"patient:{patient.id}", count=count)
+                await audit_chain.audit(db, app.clock.now(), viewer.actor, "patient-links-revoked",
+                                        f"patient:{patient.id}", count=count)
                 await db.commit()
                 await end_patient_sign_ins(request, db, patient.id, EndReason.LINKS_REVOKED,
                                            "signed-out")
@@ -222,8 +222,8 @@ async def patient_edit(request: Request, db: AsyncSession, viewer: Viewer,
                 if patient.id is None:
                     db.add(patient)
                 await db.flush()
-                await clinic.audit(db, app.clock.now(), viewer.actor, "patient-saved",
-                                   f"patient:{patient.id}")
+                await audit_chain.audit(db, app.clock.now(), viewer.actor, "patient-saved",
+                                        f"patient:{patient.id}")
                 await db.commit()
                 return RedirectResponse(f"/staff/patients/{patient.id}", status_code=303)
         else:
@@ -260,8 +260,8 @@ async def groups(request: Request, db: AsyncSession, viewer: Viewer, scope: Scop
             group = Group(program_id=program.id, name=name)
             db.add(group)
             await db.flush()
-            await clinic.audit(db, state(request).clock.now(), viewer.actor, "group-created",
-                               f"group:{group.id}")
+            await audit_chain.audit(db, state(request).clock.now(), viewer.actor, "group-created",
+                                    f"group:{group.id}")
             await db.commit()
             return RedirectResponse(f"/staff/groups/{group.id}", status_code=303)
     rows = (await db.execute(select(Group).where(group_where(scope)).order_by(Group.name))
@@ -320,8 +320,8 @@ async def group_detail(request: Request, db: AsyncSession, viewer: Viewer,
         except FormProblem as problem:
             error = str(problem)  # refused before anything was written
         else:
-            await clinic.audit(db, app.clock.now(), viewer.actor, f"group-{action}",
-                               f"group:{group.id}")
+            await audit_chain.audit(db, app.clock.now(), viewer.actor, f"group-{action}",
+                                    f"group:{group.id}")
             await db.commit()
             return RedirectResponse(f"/staff/groups/{group.id}", status_code=303)
     memberships = (await db.execute(
@@ -418,8 +418,8 @@ async def sessions(request: Request, db: AsyncSession, viewer: Viewer,
         except FormProblem as problem:
             error = str(problem)  # refused before anything was written
         else:
-            await clinic.audit(db, app.clock.now(), viewer.actor, "sessions-scheduled",
-                               f"session:{created[0].id}", count=len(created))
+            await audit_chain.audit(db, app.clock.now(), viewer.actor, "sessions-scheduled",
+                                    f"session:{created[0].id}", count=len(created))
             await db.commit()
             return RedirectResponse("/staff/sessions", status_code=303)
     now = app.clock.now()
@@ -484,8 +484,8 @@ async def audit_log(request: Request, db: AsyncSession, viewer: Viewer,
         Patient.program_id == program.id).order_by(Patient.legal_name))).all()
     choices = [(f"staff:{i}", n) for i, n in people] + [(f"patient:{i}", n) for i, n in patients_]
     names = await _audit_names(db, program, events, dict(choices))
-    await clinic.audit(db, state(request).clock.now(), viewer.actor, "audit-log-view",
-                       f"program:{program.id}", person_filter=person, action_filter=action)
+    await audit_chain.audit(db, state(request).clock.now(), viewer.actor, "audit-log-view",
+                            f"program:{program.id}", person_filter=person, action_filter=action)
     await db.commit()
     return render(request, "staff/audit.html", events=events, names=names, zone=zone,
                   program=program, choices=choices, actions=actions, person=person,

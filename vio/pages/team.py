@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from vio import clinic, staff_accounts
+from vio import audit_chain, staff_accounts
 from vio.db import keys_of
 from vio.models import StaffRole, StaffUser
 from vio.pages import forms
@@ -119,8 +119,8 @@ async def team(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope)
         return done
     if action == "second-factor":
         program.admins_need_second_factor = form.get("required") == "yes"
-        await clinic.audit(db, state(request).clock.now(), viewer.actor, "second-factor-rule",
-                           f"program:{program.id}", required=program.admins_need_second_factor)
+        await audit_chain.audit(db, state(request).clock.now(), viewer.actor, "second-factor-rule",
+                                f"program:{program.id}", required=program.admins_need_second_factor)
         await db.commit()
         return RedirectResponse("/staff/team", status_code=303)
     return await _team_page(request, db, viewer, scope, error="Unknown action.")
@@ -185,8 +185,8 @@ async def account(request: Request, db: AsyncSession, viewer: Viewer,
             staff.totp_secret = (seal_totp_seed(keys_of(db), staff.id, secret)
                                  if action == "enable" else None)
             staff.totp_last_step = step
-            await clinic.audit(db, app.clock.now(), viewer.actor, f"second-factor-{action}d",
-                               viewer.actor)
+            await audit_chain.audit(db, app.clock.now(), viewer.actor, f"second-factor-{action}d",
+                                    viewer.actor)
             await db.commit()
             request.session.pop(SETUP_KEY, None)
             return RedirectResponse("/staff/account", status_code=303)

@@ -10,7 +10,7 @@ from sqlalchemy import ForeignKey, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from vio import clinic, family
+from vio import audit_chain, clinic, family
 from vio.clock import Clock
 from vio.errors import refusal
 from vio.identity import (
@@ -183,8 +183,8 @@ async def safety_card(db: AsyncSession, session_id: int, patient_id: int, actor:
     program = await db.get(Program, patient.program_id)
     assert program is not None
     check_in = await latest_check_in(db, session_id, patient_id)
-    await clinic.audit(db, now, actor, "safety-card-view", patient_identity(patient_id),
-                       session=session_id)
+    await audit_chain.audit(db, now, actor, "safety-card-view", patient_identity(patient_id),
+                            session=session_id)
     await db.commit()
     return {"location": check_in, "usual_location": patient.usual_location,
             "home_address": patient.home_address, "phone": patient.phone,
@@ -223,7 +223,7 @@ class DatabaseRoomStore(RoomStore):
 
     async def audit(self, actor: str, action: str, target: str, **detail: object) -> None:
         async with self._writing, self.db() as session:
-            await clinic.audit(session, self.clock.now(), actor, action, target, **detail)
+            await audit_chain.audit(session, self.clock.now(), actor, action, target, **detail)
             await session.commit()
 
     async def set_status(self, session_id: int, status: SessionStatus) -> None:

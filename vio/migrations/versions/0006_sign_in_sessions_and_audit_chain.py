@@ -25,7 +25,7 @@ GENESIS = "0" * 64
 
 def _digest(seq: int, at: datetime, program_id: int | None, actor: str, action: str,
             target: str, detail: Any, prev_hash: str) -> str:
-    """The same canonical form as ``vio.clinic.audit_digest`` (kept here as it was at 0006)."""
+    """The same canonical form as ``vio.audit_chain.audit_digest`` (kept here as it was at 0006)."""
     moment = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
     body = json.dumps([seq, moment.isoformat(timespec="microseconds"), program_id, actor,
                        action, target, detail, prev_hash],

@@ -59,7 +59,7 @@ Digest = Callable[[bytes], str]
 
 def _body(seq: int, at: datetime, program_id: int | None, actor: str, action: str,
           target: str, detail: Any, prev_hash: str) -> bytes:
-    """One row's canonical content, as ``vio.clinic.audit_digest`` wrote it at this revision."""
+    """One row's canonical content, as ``vio.audit_chain.audit_digest`` wrote it at this revision."""
     moment = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
     return json.dumps([seq, moment.isoformat(timespec="microseconds"), program_id, actor,
                        action, target, detail, prev_hash],
