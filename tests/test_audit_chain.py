@@ -271,8 +271,37 @@ def test_head_refuses_a_chain_that_does_not_hold(sqlite_url, tmp_path):
             "missing: it was deleted (row 1 holds)") in printed.stderr
 
 
+async def _staff_with_seed(url: str, seed: str) -> int:
+    from vio.models import Program, StaffRole, StaffUser
+    from vio.security import seal_totp_seed
+
+    async with _session(url) as db:
+        program = Program(name="Reseal program", timezone="America/Chicago")
+        db.add(program)
+        await db.flush()
+        staff = StaffUser(program_id=program.id, name="Ada Admin", email="ada@example.org",
+                          role=StaffRole.ADMIN, password_hash="not used")
+        db.add(staff)
+        await db.flush()
+        staff.totp_secret = seal_totp_seed(TEST_KEYS, staff.id, seed)
+        await db.commit()
+        return staff.id
+
+
+async def _seed_of(url: str, staff_id: int, keys: InstallKeys) -> str | None:
+    from vio.models import StaffUser
+    from vio.security import open_totp_seed
+
+    async with _session(url, keys) as db:
+        staff = await db.get(StaffUser, staff_id)
+        assert staff is not None
+        return open_totp_seed(keys, staff_id, staff.totp_secret)
+
+
 def test_reseal_moves_a_chain_that_holds_to_a_new_secret(sqlite_url, tmp_path):
     asyncio.run(_write(sqlite_url, 5))
+    seed = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    staff_id = asyncio.run(_staff_with_seed(sqlite_url, seed))
     head_before = AuditHead(5, asyncio.run(_row(sqlite_url, 5)).hash)
     new_secret = "the-new-secret"
     wrong = vio(sqlite_url, tmp_path, "audit", "reseal", secret=new_secret,
@@ -289,6 +318,9 @@ def test_reseal_moves_a_chain_that_holds_to_a_new_secret(sqlite_url, tmp_path):
     record = asyncio.run(_row(sqlite_url, 6))
     assert record.action == "audit-chain-resealed"
     assert record.detail == {"old_head": str(head_before)}
+    # The second-factor seeds moved with it, in the same transaction.
+    assert "second-factor seeds resealed under the new secret: 1" in done.stdout
+    assert asyncio.run(_seed_of(sqlite_url, staff_id, InstallKeys.derive(new_secret))) == seed
 
 
 async def test_the_apps_own_rows_chain_and_are_scoped_to_their_program(client, demo, db):

@@ -601,3 +601,20 @@ async def test_every_sign_in_is_audited(client, demo, db, settings, clock):
         ["sign-in", "family-invite-opened"])).order_by(AuditEvent.seq))).scalars().all()
     assert [(r.action, r.actor.split(":")[0]) for r in rows] == [
         ("sign-in", "staff"), ("sign-in", "patient"), ("family-invite-opened", "family-invite")]
+
+
+async def test_a_seed_sealed_under_another_secret_is_explained_not_a_server_error(
+        client, demo, clock, db):
+    from vio.keys import InstallKeys
+    from vio.security import SEED_UNREADABLE, seal_totp_seed
+
+    staff = await db.get(StaffUser, demo.therapist.id)
+    secret = pyotp.random_base32()
+    # As after a change of VIO_SECRET_KEY without `vio audit reseal`.
+    staff.totp_secret = seal_totp_seed(InstallKeys.derive("the secret before"), staff.id, secret)
+    await db.commit()
+    assert _password(client, "therapist@demo.vio", "demo-therapist").status_code == 303
+    refused = _code(client, pyotp.TOTP(secret).at(clock.now()))
+    assert refused.status_code == 409
+    assert SEED_UNREADABLE.split(". ")[1] in refused.text  # "Ask an admin … reset …"
+    assert client.get("/staff", follow_redirects=False).status_code == 303  # still not in

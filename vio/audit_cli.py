@@ -124,12 +124,19 @@ def cmd_audit_head(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _reseal(settings: Settings, old_keys: InstallKeys) -> ChainReport:
+async def _reseal(settings: Settings, old_keys: InstallKeys) -> tuple[ChainReport, int]:
+    """Re-seal the chain and the second-factor seeds in one transaction: both or neither."""
+    from vio.security import reseal_totp_seeds
+
     async with opened(settings.database_url, settings.keys) as db:
         before = await reseal_audit_chain(db, old_keys.audit, SystemClock().now(),
                                           f"cli:{getpass.getuser()}")
+        if before.broken is not None:
+            await db.rollback()
+            return before, 0
+        seeds = await reseal_totp_seeds(db, old_keys)
         await db.commit()
-        return before
+        return before, seeds
 
 
 def cmd_audit_reseal(args: argparse.Namespace) -> int:
@@ -146,11 +153,18 @@ def cmd_audit_reseal(args: argparse.Namespace) -> int:
         print("vio audit reseal: that is the secret in use now; give the one it replaced",
               file=sys.stderr)
         return EXIT_USAGE
-    before = asyncio.run(_reseal(settings, InstallKeys.derive(old_secret)))
+    from vio.security import SeedUnreadable
+
+    try:
+        before, seeds = asyncio.run(_reseal(settings, InstallKeys.derive(old_secret)))
+    except SeedUnreadable as unreadable:
+        print(f"vio audit reseal: nothing changed: {unreadable}", file=sys.stderr)
+        return EXIT_BROKEN
     if before.broken is not None:
         print(f"vio audit reseal: nothing changed: under the old secret {before.broken} "
               f"({_holding(before.rows)})", file=sys.stderr)
         return EXIT_BROKEN
     print(f"audit chain resealed: {before.rows} rows held under the old secret up to head "
           f"{before.head}; keep the new head (`vio audit head`) elsewhere")
+    print(f"second-factor seeds resealed under the new secret: {seeds}")
     return 0

@@ -175,6 +175,12 @@ def open_totp_seed(keys: InstallKeys, staff_id: int, sealed: str | None) -> str 
             "moved from another account)") from None
 
 
+# What a person whose seed no longer opens (VIO_SECRET_KEY changed without ``vio audit
+# reseal``) is told, on the sign-in step and their account page.
+SEED_UNREADABLE = ("Your authenticator app can't be checked on this server any more. Ask an "
+                   "admin of your program to reset your second factor; then set it up again.")
+
+
 async def reseal_totp_seeds(db: AsyncSession, old: InstallKeys) -> int:
     """After ``VIO_SECRET_KEY`` changed: seal each seed sealed under ``old`` again under the
     session's keys (``keys_of``), in the caller's transaction; returns how many. A seed that

@@ -16,6 +16,7 @@ a new password of the person's own choosing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,6 +44,8 @@ from vio.pages.common import (
 from vio.password_policy import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from vio.security import (
     DUMMY_HASH,
+    SEED_UNREADABLE,
+    SeedUnreadable,
     new_totp_secret,
     open_totp_seed,
     seal_totp_seed,
@@ -52,6 +55,7 @@ from vio.security import (
 )
 
 NOT_AUTHORISED = "That email and password don't match our records."
+log = logging.getLogger(__name__)
 TOO_MANY = "Too many sign-in attempts. Please wait a few minutes and try again."
 WRONG_CODE = "That code didn't work. Please enter the current code from your app."
 SETUP_KEY = "totp_setup"  # in the cookie while a required second factor is being set up
@@ -216,7 +220,13 @@ async def second_factor(request: Request) -> Response:
             if not await app.sign_in_attempts.reserve(key):
                 return render(request, "second_factor.html", status_code=429, error=TOO_MANY,
                               setup=setup, next=next_page, uri=None)
-            secret = open_totp_seed(keys_of(db), staff.id, staff.totp_secret) or setup
+            try:
+                secret = open_totp_seed(keys_of(db), staff.id, staff.totp_secret) or setup
+            except SeedUnreadable:
+                log.warning("staff %s: the second-factor seed does not open with this "
+                            "install's key", staff.id)
+                return render(request, "second_factor.html", status_code=409,
+                              error=SEED_UNREADABLE, setup=None, next=next_page, uri=None)
             assert secret is not None
             step = totp_accepts(secret, form.get("code"), app.clock.now(), staff.totp_last_step)
             if step is None:

@@ -34,6 +34,8 @@ from vio.pages.staff import NOT_FOR_YOUR_ROLE, program_of
 from vio.password_policy import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 from vio.policy import Action, Scope, may, staff_where
 from vio.security import (
+    SEED_UNREADABLE,
+    SeedUnreadable,
     new_totp_secret,
     open_totp_seed,
     seal_totp_seed,
@@ -166,8 +168,11 @@ async def account(request: Request, db: AsyncSession, viewer: Viewer,
     if request.method == "POST":
         form = await checked_form(request)
         action = form.get("action")
-        secret = (open_totp_seed(keys_of(db), staff.id, staff.totp_secret)
-                  or (setup if isinstance(setup, str) else None))
+        try:
+            secret = (open_totp_seed(keys_of(db), staff.id, staff.totp_secret)
+                      or (setup if isinstance(setup, str) else None))
+        except SeedUnreadable:
+            secret = None
         step = None if secret is None else totp_accepts(secret, form.get("code"),
                                                         app.clock.now(), staff.totp_last_step)
         if action == "change-password":
@@ -176,6 +181,8 @@ async def account(request: Request, db: AsyncSession, viewer: Viewer,
                 return RedirectResponse(f"/staff/account?{PASSWORD_CHANGED}", status_code=303)
         elif action not in ("enable", "disable"):
             error = "Unknown action."
+        elif secret is None:
+            error = SEED_UNREADABLE
         elif step is None:
             error = "That code didn't work. Please enter the current code from your app."
         elif action == "disable" and required:
