@@ -294,7 +294,8 @@ def test_the_systemd_units_verify(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:  # a tool, not a service: nothing to require
         pytest.skip("systemd-analyze is not installed")
     units = [name for name in DEPLOY_TEXTS if name.endswith((".service", ".timer"))]
-    assert {"vio.service", "vio-backup.service", "vio-backup.timer"} <= set(units)
+    assert {"vio.service", "vio-backup.service", "vio-backup.timer", "vio-audit-head.service",
+            "vio-audit-head.timer"} <= set(units)
     for unit in units:
         text = DEPLOY_TEXTS[unit]
         for installed, checkout in INSTALLED.items():
@@ -332,6 +333,13 @@ def test_the_service_sandbox_scores_what_the_recipe_says() -> None:
     score = re.search(r"Overall exposure level for vio\.service: (\d+\.\d) (\w+)", result.stdout)
     assert score is not None, result.stdout + result.stderr
     assert f"rates its exposure **{score.group(1)} {score.group(2)}**" in DOC_TEXT, score.group(0)
+    # The two timers' services say they carry the same sandbox: they score the same.
+    for unit in ("vio-backup.service", "vio-audit-head.service"):
+        result = subprocess.run(["systemd-analyze", "security", "--offline=yes",
+                                 str(DEPLOY / unit)], capture_output=True, text=True,
+                                timeout=seconds(60))
+        assert f"Overall exposure level for {unit}: {score.group(1)}" in result.stdout, unit
+    assert f"score {score.group(1)} as well" in DOC_TEXT
 
 
 def test_the_certbot_command_uses_certbot_options() -> None:
