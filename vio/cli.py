@@ -42,7 +42,7 @@ def _migrations_line(applied: list[str]) -> str:
 def _print(args: argparse.Namespace, data: object, lines: Sequence[str]) -> None:
     """``--json``: ``data`` as JSON for a script; otherwise ``lines`` for a person."""
     if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=str), flush=True)
+        print(json.dumps(data, default=str), flush=True)  # one line: scripts read lines
     else:
         for line in lines:
             print(line, flush=True)
@@ -106,6 +106,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("vio serve: --workers needs VIO_REDIS_URL (the workers share rooms through it)",
               file=sys.stderr)
         return 2
+    if settings.redis_url and not args.worker:
+        from vio.nodes.connection import reach
+
+        reached = asyncio.run(reach(settings))
+        if reached.refused:  # the settings are wrong: say what, and do not start
+            print(f"vio: {reached.message}", file=sys.stderr)
+            return 2
+        if not reached.ok:  # Redis may come later; the nodes keep trying
+            print(f"vio: warning: {reached.message}; serving anyway", file=sys.stderr)
     if args.demo:
         settings = dataclasses.replace(settings, demo=True)
     if args.worker:
@@ -124,7 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_workers(["serve", "--worker", "--host", args.host, "--port", str(args.port),
                             *(["--insecure-http"] if args.insecure_http else []),
                             *(["--demo"] if args.demo else [])],
-                           args.workers, settings.rtc_port_range)
+                           args.workers, settings)
     several = bool(settings.redis_url)
     sockets = [listening_socket(args.host, args.port, settings.ws_send_buffer_bytes,
                                 reuse_port=several)]
