@@ -40,6 +40,8 @@ from vio import clinic, family
 from vio.app import create_app
 from vio.bot import WebSession, check_in_at_home
 from vio.demo import NOT_ON_ROSTER, ROSTER
+from vio.mail import links as mail_links
+from vio.mail.models import MessageKind, MessageStatus, OutboxMessage
 from vio.models import (
     AgeGroup,
     AttendanceEvent,
@@ -145,6 +147,16 @@ async def fresh_tokens(db, world: World, settings, clock) -> dict[str, str]:  # 
         "cell-invite": await family.issue_invite(db, world.family_session, world.member,
                                                  "staff:1", now),
     }
+    # A reminder Dana got about the live session: its unsubscribe and "I can't make it" links.
+    reminder = OutboxMessage(
+        program_id=world.a.program_id, kind=MessageKind.REMINDER, dedupe_key="access:a",
+        message_id="<access@clinic.example.org>", patient_id=world.a.id,
+        session_id=world.session.id, to_address="dana@example.org",
+        status=MessageStatus.SENT, created_at=now, next_attempt_at=now)
+    db.add(reminder)
+    await db.flush()
+    tokens["unsubscribe"] = mail_links.unsubscribe_link("", signer, reminder.id)
+    tokens["cant-make-it"] = mail_links.cant_make_it_link("", signer, reminder.id)
     await db.commit()
     return tokens
 
@@ -373,6 +385,34 @@ ROUTES: dict[tuple[str, str], tuple[Request, dict[str, Cell]]] = {
             Cell(FORBIDDEN, shows=('data-code="not-on-roster"',)),
             *[Cell(SEE_OTHER, "/sessions/")] * 5)),
     ("GET", "/static/{path}"): (lambda w: ("/static/css/site.css", None), everyone(FINE)),
+    # A message's links are their own credential, like an invite: the same for everyone.
+    ("GET", "/u/{token}"): (lambda w: (w.tokens["unsubscribe"], None),
+                            everyone(Cell(OK, shows=("Stop appointment emails?",)))),
+    ("POST", "/u/{token}"): (lambda w: (w.tokens["unsubscribe"],
+                                        {"List-Unsubscribe": "One-Click"}),
+                             everyone(Cell(OK, shows=("won't get these emails",)))),
+    ("GET", "/m/{token}"): (lambda w: (w.tokens["cant-make-it"], None),
+                            everyone(Cell(OK, shows=('id="cant-make-it"',)))),
+    ("POST", "/m/{token}"): (lambda w: (w.tokens["cant-make-it"], {"reason": "Sick"}),
+                             everyone(Cell(OK, shows=("Thank you for letting us know",)))),
+    ("GET", "/staff/patients/{patient_id:id}/messages"): (
+        lambda w: (f"/staff/patients/{w.a.id}/messages", None),
+        staff_only(GONE, Cell(OK, shows=(A_NAME, "dana@example.org", "Email is off"),
+                              hides=(B_NAME,)),
+                   Cell(OK, shows=(A_NAME, "dana@example.org", "Email is off")), GONE)),
+    ("POST", "/staff/patients/{patient_id:id}/outreach"): (
+        lambda w: (f"/staff/patients/{w.a.id}/outreach", {"note": "Phoned"}),
+        staff_only(GONE, Cell(400, shows=("not on the outreach list",)),
+                   Cell(400, shows=("not on the outreach list",)), GONE)),
+    ("GET", "/staff/sessions/{session_id:id}/schedule"): (
+        lambda w: (f"/staff/sessions/{w.session.id}/schedule", None),
+        staff_only(GONE, Cell(OK, shows=("room has opened",)),
+                   Cell(OK, shows=("room has opened",)), GONE)),
+    ("POST", "/staff/sessions/{session_id:id}/schedule"): (
+        lambda w: (f"/staff/sessions/{w.session.id}/schedule",
+                   {"action": "cancel", "confirm": "yes"}),
+        staff_only(GONE, Cell(400, shows=("room has opened",)),
+                   Cell(400, shows=("room has opened",)), GONE)),
 }
 # The signaling route: the join each actor gets (the commands after it are the next table).
 WEBSOCKET_ROUTES = {"/ws/sessions/{session_id:id}": row(

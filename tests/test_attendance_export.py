@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -126,8 +128,9 @@ def test_any_title_and_note_survive_the_csv(title, note, modifier):
         modality_note=note, place_of_service="02", billing_code="90853")
     text = write_csv([row])
     assert parse_csv(text) == [row]
-    for cell in text.splitlines()[2].split(","):  # after the notice and the header
-        assert not cell.startswith(("=", "+", "@"))  # never runs as a spreadsheet formula
+    cells = list(csv.reader(io.StringIO(text)))[2]  # after the notice and the header
+    for cell in cells:
+        assert not cell.startswith(("=", "+", "-", "@"))  # never runs as a spreadsheet formula
 
 
 def test_parser_names_the_bad_line():

@@ -8,6 +8,7 @@ TABLES = {"programs", "staff_users", "patients", "patient_links", "groups", "gro
           "roster_memberships", "session_series", "sessions", "session_therapists",
           "family_members", "consents", "audit_events", "attendance_events", "attendance_reviews",
           "family_invites", "room_states", "sign_in_sessions", "alert_dismissals",
+          "outbox_messages", "absence_notices", "outreach_contacts", "room_fences",
           "alembic_version"}
 
 

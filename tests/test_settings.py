@@ -78,6 +78,9 @@ def test_the_database_its_log_and_the_data_folder_are_private(tmp_path):
         ("VIO_ICE_SERVERS", "stun.example.org:3478"),
         ("VIO_COOKIE_SECURE", "maybe"),
         ("VIO_WARNING_MINUTES", "10,-2"),
+        ("VIO_REDIS_URL", "http://redis.example.org:6379"),
+        ("VIO_REDIS_CA_FILE", "/nonexistent/ca.pem"),
+        ("VIO_ROOM_RECHECK_SECONDS", "0"),
     ],
 )
 def test_bad_value_names_the_variable(variable, value):
@@ -99,6 +102,8 @@ def test_bad_value_names_the_variable(variable, value):
         ("VIO_PUBLIC_BASE_URL", "https://staff:web-pass-3@vio.example.org", "web-pass-3",
          "https://staff:***@vio.example.org"),
         ("VIO_TURN_SECRET", "   ", None, "VIO_TURN_SECRET='   '"),
+        ("VIO_REDIS_URL", "redis-tls://vio:redis-pass-6@10.0.0.5:6380/0", "redis-pass-6",
+         "redis-tls://vio:***@10.0.0.5:6380/0"),
     ],
 )
 def test_a_bad_value_is_shown_without_its_password(variable, value, secret, shown):
@@ -112,7 +117,7 @@ def test_a_bad_value_is_shown_without_its_password(variable, value, secret, show
 def test_a_secret_setting_is_named_without_its_value():
     fields = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
     secrets = {name for name, f in fields.items() if f.metadata["secret"]}
-    assert secrets == {"VIO_SECRET_KEY", "VIO_TURN_SECRET"}
+    assert secrets == {"VIO_SECRET_KEY", "VIO_TURN_SECRET", "VIO_REDIS_PASSWORD", "VIO_SMTP_URL"}
     assert all(not fields[name].repr for name in secrets)
     settings = Settings.from_env({"VIO_SECRET_KEY": "signing-key-0123", "VIO_TURN_SECRET": "t-9",
                                   "VIO_DATA_DIR": "/nonexistent"})
@@ -122,6 +127,15 @@ def test_a_secret_setting_is_named_without_its_value():
         assert str(_bad_value(name, "hunter2", problem, secret=True)) == \
             f"{name} (its value is not shown): must not be empty"
         assert str(_bad_value(name, "", problem, secret=True)) == f"{name}='': must not be empty"
+
+
+def test_a_lease_outlives_a_missed_heartbeat():
+    with pytest.raises(SettingsError, match="VIO_ROOM_LEASE_SECONDS"):
+        Settings.from_env({"VIO_SECRET_KEY": "k", "VIO_ROOM_LEASE_SECONDS": "3",
+                           "VIO_NODE_HEARTBEAT_SECONDS": "2"})
+    settings = Settings.from_env({"VIO_SECRET_KEY": "k", "VIO_ROOM_LEASE_SECONDS": "4",
+                                  "VIO_NODE_HEARTBEAT_SECONDS": "2"})
+    assert settings.room_lease_seconds == 2 * settings.node_heartbeat_seconds
 
 
 def test_database_errors_hold_no_bound_parameters(tmp_path):

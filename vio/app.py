@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,15 +16,28 @@ from starlette.staticfiles import StaticFiles
 
 from vio.clock import Clock, SystemClock
 from vio.db import create_engine, session_factory
+from vio.mail.sender import MailSender
 from vio.media import MediaConfig, MediaRouter, announce_host_addresses, use_port_range
 from vio.nodes.node import Node
-from vio.pages import attendance, auth, family, public, redact, room, staff, team
+from vio.pages import (
+    attendance,
+    auth,
+    family,
+    outreach,
+    public,
+    redact,
+    rescheduling,
+    room,
+    staff,
+    team,
+)
+from vio.pages import mail as mail_pages
 from vio.pages.common import WEB, AppState, render
 from vio.pages.headers import HostCheck, SecurityHeaders
 from vio.pages.https import StrictTransportSecurity
-from vio.rooms import records
-from vio.rooms.admission import SessionFacts
 from vio.rooms.directory import RoomDirectory
+from vio.rooms.fences import DatabaseFences
+from vio.rooms.lookup import DatabasePeople
 from vio.rooms.records import DatabaseRoomStore
 from vio.security import AttemptCounter, Signer
 from vio.settings import Settings
@@ -63,23 +75,26 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
                                keep_private_address=settings.ice_keep_private_address)
     rooms = RoomDirectory(settings, app_state.clock,
                           DatabaseRoomStore(app_state.db, app_state.clock),
-                          lambda: MediaRouter(media_config))
+                          lambda: MediaRouter(media_config),
+                          DatabasePeople(app_state.db, app_state.clock, app_state.sign_in_rules))
+    # A take-over waits at most a lease for a write in flight (vio.rooms.fences).
+    fences = DatabaseFences(app_state.db, app_state.clock, settings.room_lease_seconds)
+    node = Node(settings, rooms, fences) if settings.redis_url else None
 
-    async def load_facts(session_id: int) -> tuple[SessionFacts | None, Any]:
-        async with app_state.db() as db:
-            return (await records.load_facts(db, session_id, app_state.clock.now()),
-                    await records.load_room_state(db, session_id))
-
-    node = Node(settings, rooms, load_facts) if settings.redis_url else None
+    mail = MailSender(settings, app_state.clock, app_state.db) if settings.smtp_url else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redact.install_on_handlers()
         if node is not None:
             node.start()
+        if mail is not None:
+            mail.start()
         try:
             yield
         finally:
+            if mail is not None:
+                await mail.stop()
             if node is not None:
                 node.drain()
             await rooms.close()
@@ -96,6 +111,9 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
             *family.routes,
             *attendance.routes,
             *team.routes,
+            *mail_pages.routes,
+            *rescheduling.routes,
+            *outreach.routes,
             Mount("/static", StaticFiles(directory=WEB / "static"), name="static"),
         ],
         middleware=[
@@ -113,6 +131,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> Starlette:
     app.state.vio = app_state
     app.state.rooms = rooms
     app.state.node = node
+    app.state.mail = mail
     app.state.invite_throttle = AttemptCounter(app_state.db, app_state.clock,
                                                settings.login_max_failures,
                                                settings.login_window_seconds, "invite")

@@ -61,10 +61,13 @@ LINK_PROBLEM_TEXT = {
 
 
 async def issue_patient_link(db: AsyncSession, signer: Signer, patient: Patient,
-                             now: datetime) -> str:
-    """A new personal link token for ``patient``, valid until the end of their enrollment."""
+                             now: datetime, until: datetime | None = None) -> str:
+    """A new personal link token for ``patient``, valid until the end of their enrollment
+    (or ``until``, if sooner: a link sent by email works until its session ends)."""
     secret = new_secret()
     expires = datetime.combine(patient.enrollment_ends_on + timedelta(days=1), time(0), UTC)
+    if until is not None:
+        expires = min(expires, until)
     link = PatientLink(patient_id=patient.id, secret_hash=secret_hash(secret), created_at=now,
                        expires_at=expires)
     db.add(link)
@@ -89,6 +92,13 @@ async def resolve_patient_link(db: AsyncSession, signer: Signer, token: str,
     if now >= link.expires_at or not patient.is_enrolled_on(now.date()):
         return LinkProblem.EXPIRED
     return patient
+
+
+async def has_live_link(db: AsyncSession, patient_id: int, now: datetime) -> bool:
+    """Whether the patient holds a personal link that works now (not turned off or expired)."""
+    return (await db.execute(select(PatientLink.id).where(
+        PatientLink.patient_id == patient_id, PatientLink.revoked_at.is_(None),
+        PatientLink.expires_at > now).limit(1))).first() is not None
 
 
 async def revoke_patient_links(db: AsyncSession, patient_id: int, now: datetime) -> int:

@@ -1,5 +1,8 @@
 """Demo data: a small evening program with a group that is live now.
 
+Its patients have ``example.org`` addresses and agreed to email, so a server given
+``VIO_SMTP_URL`` sends them the live session's "your room is open" messages.
+
 Seeding is repeatable: people and groups are made once; each run makes sure a group session is
 live (started five minutes ago, three hours long) and a family session is scheduled later today.
 """
@@ -49,6 +52,11 @@ LIVE_SESSION_MINUTES = 180
 FAMILY_SESSION_MINUTES = 50
 
 
+def demo_address(name: str) -> str:
+    """The demo's people have addresses at example.org (RFC 2606: never a real mailbox)."""
+    return f"{'.'.join(name.lower().split())}@example.org"
+
+
 @dataclass(frozen=True)
 class DemoPeople:
     program: Program
@@ -91,7 +99,7 @@ async def _people(db: AsyncSession, timezone: str, now: datetime) -> DemoPeople:
             emergency_contact_name=f"Contact of {name.split()[0]}",
             emergency_contact_phone=f"555-01{index:02d}",
             home_address=f"{120 + index * 7} Maple Street, Springfield",
-            phone=f"555-02{index:02d}")
+            phone=f"555-02{index:02d}", email=demo_address(name))
     db.add_all(patients.values())
     group = Group(program_id=program.id, name=GROUP_NAME)
     db.add(group)
@@ -100,11 +108,13 @@ async def _people(db: AsyncSession, timezone: str, now: datetime) -> DemoPeople:
     for name in ROSTER:
         db.add(RosterMembership(group_id=group.id, patient_id=patients[name].id, joined_on=start))
     for patient in patients.values():
-        for kind in (ConsentKind.TELEHEALTH, ConsentKind.GROUP_PARTICIPATION):
+        for kind in (ConsentKind.TELEHEALTH, ConsentKind.GROUP_PARTICIPATION,
+                     ConsentKind.EMAIL_CONTACT):
             db.add(Consent(patient_id=patient.id, kind=kind, granted_at=now - timedelta(weeks=3),
                            expires_at=now + timedelta(days=365)))
     family = FamilyMember(patient_id=patients[FAMILY["patient"]].id, name=FAMILY["name"],
-                          relationship_to_patient=FAMILY["relationship"])
+                          relationship_to_patient=FAMILY["relationship"],
+                          email=demo_address(FAMILY["name"]))
     db.add(family)
     await db.flush()
     db.add(Consent(patient_id=family.patient_id, kind=ConsentKind.FAMILY_DISCLOSURE,

@@ -10,16 +10,20 @@ parts, in order:
   (also checked by ``vio serve`` before it starts), or, with no certificate and an ``https://``
   public URL, a proxy in front is trusted (``VIO_TRUSTED_PROXIES``).
 - ``database``: reachable within :data:`DATABASE_TIMEOUT_SECONDS` and at the newest migration.
+- ``redis`` (with ``VIO_REDIS_URL``): TLS unless on loopback, a password, and that vio can sign
+  in and use its keys (``vio.nodes.connection``).
 - ``public-url``: ``VIO_PUBLIC_BASE_URL/healthz`` answers, over HTTPS with a certificate this
   machine trusts and with ``Strict-Transport-Security``.
 - ``ice``: each of ``VIO_ICE_ANNOUNCE_ADDRESSES`` can be bound (and a port of
   ``VIO_RTC_PORT_RANGE`` on it).
 - ``turn``: each of ``VIO_TURN_URLS`` grants a relay allocation (a real TURN Allocate, over UDP,
   TCP or TLS) to credentials minted from ``VIO_TURN_SECRET`` the way rooms mint them.
+- ``mail``: ``VIO_SMTP_URL``'s relay answers, with the TLS the URL asks for and a certificate
+  this machine trusts, and takes the user name and password (no message is sent).
 
 What it prints holds no secret: the database URL appears without its password (the public URL
-cannot hold one), a bad secret setting is named without its value, and TURN credentials and the
-secret never appear.
+cannot hold one), a bad secret setting is named without its value, TURN credentials and the
+secret never appear, and the SMTP URL is shown without its password.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from vio.db import alembic_config, create_engine
+from vio.mail import relay as mail_relay
+from vio.nodes import connection
 from vio.pages.https import is_secure_origin
 from vio.settings import Settings, SettingsError, without_password
 from vio.turn import turn_credentials
@@ -57,7 +63,9 @@ __all__ = [
     "TurnTarget",
     "check_database",
     "check_ice",
+    "check_mail",
     "check_public_url",
+    "check_redis",
     "check_turn",
     "diagnose",
     "report",
@@ -135,9 +143,11 @@ async def diagnose(environ: Mapping[str, str], now: datetime | None = None) -> l
     checks = settings_checks(settings, key_from_environment=not keep_key)
     checks.append(tls_check(settings))
     checks.append(await check_database(settings))
+    checks.extend(await check_redis(settings))
     checks.append(await check_public_url(settings))
     checks.extend(check_ice(settings))
     checks.extend(await check_turn(settings, now or datetime.now(UTC)))
+    checks.append(await check_mail(settings))
     return checks
 
 
@@ -247,6 +257,18 @@ async def check_database(settings: Settings) -> Check:
         return problem("database", f"{shown} is at migration {current or '(none)'}, the newest "
                                    f"is {newest}: run `vio migrate`")
     return ok("database", f"{shown} answers and is at the newest migration ({newest})")
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+async def check_redis(settings: Settings) -> list[Check]:
+    """Redis carries PHI between nodes: TLS off loopback, a password, and it lets vio in."""
+    if not settings.redis_url:
+        return []
+    checks = [problem("redis", found) for found in connection.config_problems(settings)]
+    reached = await connection.reach(settings)
+    checks.append((ok if reached.ok else problem)("redis", reached.message))
+    return checks
 
 
 # --- public URL ----------------------------------------------------------------------------
@@ -396,3 +418,20 @@ async def check_turn_url(url: str, secret: str, now: datetime) -> Check:
 
 async def check_turn(settings: Settings, now: datetime) -> list[Check]:
     return [await check_turn_url(url, settings.turn_secret, now) for url in settings.turn_urls]
+
+
+# --- mail ----------------------------------------------------------------------------------
+
+async def check_mail(settings: Settings) -> Check:
+    """``VIO_SMTP_URL``: the relay answers, secures the connection as the URL says (a
+    certificate this machine trusts, or ``VIO_SMTP_CA_FILE``) and takes the user name and
+    password; no message is sent. The URL is shown without its password."""
+    if not settings.smtp_url:
+        return ok("mail", "VIO_SMTP_URL is empty: nothing is emailed (no reminders, "
+                          "invitations or changes; docs/deploy.md#email)")
+    relay = mail_relay.parse_relay_url(settings.smtp_url)
+    found = await mail_relay.probe(relay, within=settings.smtp_timeout_seconds,
+                                   ca_file=settings.smtp_ca_file)
+    if not found.ok:
+        return problem("mail", found.message)
+    return ok("mail", f"{found.message}; messages come from {settings.mail_from}")

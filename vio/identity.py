@@ -303,17 +303,26 @@ def ticket_for_sign_in(signer: Signer, sign_in_id: int | None, session_id: int) 
     return signer.sign({"sid": sign_in_id, "s": session_id}, ROOM_TICKET_NAMESPACE)
 
 
+def ticket_sign_in(signer: Signer, ticket: str, session_id: int) -> int | None:
+    """The sign-in a room ticket names, if the ticket is genuine and for this session (whether
+    that sign-in still holds is for the caller to look up)."""
+    payload = signer.unsign(ticket, ROOM_TICKET_NAMESPACE, ROOM_TICKET_MAX_AGE_SECONDS)
+    if not isinstance(payload, dict) or payload.get("s") != session_id:
+        return None
+    sign_in_id = payload.get("sid")
+    if not isinstance(sign_in_id, int) or isinstance(sign_in_id, bool) \
+            or not 0 < sign_in_id < 2 ** 62:
+        return None
+    return sign_in_id
+
+
 async def viewer_from_ticket(signer: Signer, db: AsyncSession, ticket: str, session_id: int,
                              now: datetime, rules: SignInRules,
                              in_live_room: Callable[[int], bool]) -> Viewer:
     """The person a room ticket names, if it is genuine, for this session, and the sign-in
     that issued it still holds."""
-    payload = signer.unsign(ticket, ROOM_TICKET_NAMESPACE, ROOM_TICKET_MAX_AGE_SECONDS)
-    if not isinstance(payload, dict) or payload.get("s") != session_id:
-        return ANONYMOUS
-    sign_in_id = payload.get("sid")
-    if not isinstance(sign_in_id, int) or isinstance(sign_in_id, bool) \
-            or not 0 < sign_in_id < 2 ** 62:
+    sign_in_id = ticket_sign_in(signer, ticket, session_id)
+    if sign_in_id is None:
         return ANONYMOUS
     row = await live_sign_in(db, await db.get(SignInSession, sign_in_id), now, rules,
                              in_live_room)

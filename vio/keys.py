@@ -6,6 +6,8 @@ data folder's ``secret.key``, which backups do not include).
 
 - ``audit``: the HMAC-SHA256 key of the audit chain (``vio.audit_chain.audit_digest``).
 - ``at_rest``: the key of secrets kept at rest in the database (second-factor seeds).
+- ``cluster``: the HMAC-SHA256 key of every message between nodes over Redis
+  (``vio.nodes.wire``).
 
 Each is HKDF-SHA256 of the secret with its own purpose label, so one key says nothing of the
 other. A database session carries the keys of the install that opened it (``keys_of``).
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 KEY_BYTES = 32
 AUDIT_PURPOSE = b"vio audit chain v1"
 AT_REST_PURPOSE = b"vio secrets at rest v1"
+CLUSTER_PURPOSE = b"vio cluster messages v1"
 
 
 def _derive(secret_key: str, purpose: bytes) -> bytes:
@@ -34,10 +37,12 @@ class InstallKeys:
 
     audit: bytes = field(repr=False)
     at_rest: bytes = field(repr=False)
+    cluster: bytes = field(repr=False)
 
     @classmethod
     def derive(cls, secret_key: str) -> InstallKeys:
         if not secret_key:
             raise ValueError("the install's secret key is empty")
         return cls(audit=_derive(secret_key, AUDIT_PURPOSE),
-                   at_rest=_derive(secret_key, AT_REST_PURPOSE))
+                   at_rest=_derive(secret_key, AT_REST_PURPOSE),
+                   cluster=_derive(secret_key, CLUSTER_PURPOSE))

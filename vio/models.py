@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -122,6 +123,7 @@ class ConsentKind(enum.StrEnum):
     TELEHEALTH = "telehealth"
     GROUP_PARTICIPATION = "group-participation"
     FAMILY_DISCLOSURE = "family-disclosure"
+    EMAIL_CONTACT = "email-contact"  # reminders and changes by email (``vio.mail``)
 
 
 # Billing-code hints by session kind (DESIGN.md "Session kinds and their billing hints").
@@ -201,6 +203,8 @@ class Patient(Base):
     # Where the patient lives and how to reach them: the safety card's first lines in a crisis.
     home_address: Mapped[str] = mapped_column(String(300), default="")
     phone: Mapped[str] = mapped_column(String(40), default="")
+    # Where reminders go, with an active email-contact consent (``vio.mail``).
+    email: Mapped[str] = mapped_column(String(320), default="")
 
     program: Mapped[Program] = relationship(lazy="raise")
 
@@ -306,6 +310,10 @@ class Session(Base):
     billing_code: Mapped[str] = mapped_column(String(10))
     waiting_room: Mapped[WaitingRoomPolicy] = mapped_column(
         _enum(WaitingRoomPolicy), default=WaitingRoomPolicy.THERAPIST_ADMITS)
+    # The calendar entry's SEQUENCE (RFC 5545): one more at each move or cancellation, and
+    # when it last moved (reminders due before that are covered by the change's message).
+    calendar_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    rescheduled_at: Mapped[datetime | None]
 
     @property
     def ends_at(self) -> datetime:
@@ -327,6 +335,9 @@ class FamilyMember(Base):
     name: Mapped[str] = mapped_column(String(200))
     relationship_to_patient: Mapped[str] = mapped_column(String(80))
     contact: Mapped[str] = mapped_column(String(200), default="")
+    # Where an invite is emailed; set aside for good by the message's unsubscribe link.
+    email: Mapped[str] = mapped_column(String(320), default="")
+    email_unsubscribed_at: Mapped[datetime | None]
 
 
 class Consent(Base):
@@ -397,6 +408,8 @@ class AttendanceEvent(Base):
     connection: Mapped[str | None] = mapped_column(String(40))
     patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"), index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The epoch of the room that wrote it (``vio.rooms.fences``); None with one process.
+    epoch: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class AuditEvent(Base):

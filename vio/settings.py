@@ -158,6 +158,34 @@ def _pem_file(raw: str) -> str:
     return path
 
 
+def _redis_url(raw: str) -> str:
+    url = raw.strip()
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with rediss:// (TLS), redis:// or unix://")
+    return url
+
+
+def _smtp_url(raw: str) -> str:
+    from vio.mail.relay import parse_relay_url
+
+    url = raw.strip()
+    if url:
+        parse_relay_url(url)
+    return url
+
+
+def _mail_address(raw: str) -> str:
+    from vio.mail.compose import checked_address
+
+    return checked_address(raw) if raw.strip() else ""
+
+
+def _display_name(raw: str) -> str:
+    from vio.mail.compose import checked_display_name
+
+    return checked_display_name(raw)
+
+
 def _networks(raw: str) -> tuple[str, ...]:
     networks = []
     for item in parse_list(raw):
@@ -337,9 +365,22 @@ class Settings:
         "How often a live room records who is present; after a crash, open attendance "
         "intervals close at the last such record.")
     redis_url: str = setting(
-        "VIO_REDIS_URL", "", str,
-        "Redis for several node processes (`redis://host:6379/0`): room leases, placement, "
-        "relayed connections, events. Empty: one process, no Redis.")
+        "VIO_REDIS_URL", "", _redis_url,
+        "Redis for several node processes (`rediss://host:6380/0` with TLS; `redis://` only on "
+        "loopback): room leases, placement, relayed connections, events. Empty: one process, "
+        "no Redis.")
+    redis_username: str = setting(
+        "VIO_REDIS_USERNAME", "", str.strip,
+        "Redis ACL user the nodes sign in as, with `VIO_REDIS_PASSWORD`. Empty: the user in "
+        "`VIO_REDIS_URL`, else Redis's `default`.")
+    redis_password: str = setting(
+        "VIO_REDIS_PASSWORD", "", str.strip,
+        "Password of `VIO_REDIS_USERNAME` (Redis ACL). Empty: the password in `VIO_REDIS_URL`, "
+        "if any.", secret=True)
+    redis_ca_file: str = setting(
+        "VIO_REDIS_CA_FILE", "", _pem_file,
+        "PEM certificate(s) of the CA that signed the Redis server's certificate, for "
+        "`rediss://`. Empty: the system's trusted CAs.")
     redis_prefix: str = setting(
         "VIO_REDIS_PREFIX", "vio", str, "Prefix of every Redis key and channel vio uses.")
     redis_timeout_seconds: float = setting(
@@ -350,8 +391,77 @@ class Settings:
         "A room whose node stops renewing its lease for this long is opened on another node.")
     node_heartbeat_seconds: float = setting(
         "VIO_NODE_HEARTBEAT_SECONDS", 2.0, _seconds,
-        "How often a node renews its leases and reports its load; it counts as gone after "
-        "three missed reports.")
+        "How often a node renews its leases and reports its load; a node and its leases "
+        "lapse together, `VIO_ROOM_LEASE_SECONDS` after its last report.")
+    cluster_message_max_age_seconds: float = setting(
+        "VIO_CLUSTER_MESSAGE_MAX_AGE_SECONDS", 30.0, _seconds,
+        "A message between nodes dated further than this from the receiver's clock (either "
+        "way) is dropped as stale; keep the nodes' clocks in step (NTP).")
+    room_recheck_seconds: float = setting(
+        "VIO_ROOM_RECHECK_SECONDS", 15.0, _seconds,
+        "How often each live room re-checks its people's sign-ins and consents against the "
+        "database, and removes whoever lost their place (e.g. an account turned off with "
+        "`vio staff deactivate`).")
+    worker_restart_seconds: float = setting(
+        "VIO_WORKER_RESTART_SECONDS", 1.0, _seconds,
+        "`vio serve --workers`: a worker that dies is started again after this long, doubled "
+        "after each death that follows a short run.")
+    worker_restart_max_seconds: float = setting(
+        "VIO_WORKER_RESTART_MAX_SECONDS", 30.0, _seconds,
+        "Longest wait before a dead worker is started again; a worker that ran this long "
+        "starts its next wait from `VIO_WORKER_RESTART_SECONDS`.")
+    smtp_url: str = setting(
+        "VIO_SMTP_URL", "", _smtp_url,
+        "The clinic's SMTP relay for reminders and invites: "
+        "`smtp+starttls://USER:PASSWORD@HOST:587`, `smtps://USER:PASSWORD@HOST:465`, or "
+        "`smtp://127.0.0.1:25` for a relay on this machine (plain `smtp://` only on loopback); "
+        "a secret. Empty: no email is sent.", secret=True)
+    smtp_ca_file: str = setting(
+        "VIO_SMTP_CA_FILE", "", _pem_file,
+        "PEM certificate(s) of the CA that signed the relay's certificate. Empty: the "
+        "system's trusted CAs.")
+    smtp_timeout_seconds: float = setting(
+        "VIO_SMTP_TIMEOUT_SECONDS", 30.0, _seconds,
+        "A send to the relay (connect, TLS, sign-in, message) that takes longer than this "
+        "fails, and the message is tried again later.")
+    mail_from: str = setting(
+        "VIO_MAIL_FROM", "", _mail_address,
+        "The From address of every message (e.g. `appointments@clinic.example.org`); needed "
+        "with `VIO_SMTP_URL`. SPF and DKIM for its domain are the relay's job.")
+    mail_display_name: str = setting(
+        "VIO_MAIL_DISPLAY_NAME", "Appointments", _display_name,
+        "The program's neutral name in every message: sender, subject, text and calendar "
+        "entry. It must not name the type of care.")
+    mail_reminder_minutes: tuple[int, ...] = setting(
+        "VIO_MAIL_REMINDER_MINUTES", (1440, 60), _minutes_list,
+        "Minutes before a session's start at which each patient who agreed to email is "
+        "reminded; a \"your room is open\" message follows when the room opens.")
+    mail_poll_seconds: float = setting(
+        "VIO_MAIL_POLL_SECONDS", 10.0, _seconds,
+        "How often the sender looks for reminders falling due and messages waiting to go "
+        "(an invite or a change goes at once).")
+    mail_claim_seconds: float = setting(
+        "VIO_MAIL_CLAIM_SECONDS", 120.0, _seconds,
+        "A message a node took for sending and did not finish (it died) is taken again after "
+        "this long, with the same Message-ID; at least twice `VIO_SMTP_TIMEOUT_SECONDS`.")
+    mail_retry_seconds: float = setting(
+        "VIO_MAIL_RETRY_SECONDS", 60.0, _seconds,
+        "Wait before trying again a message the relay did not take (unreachable, or a 4xx "
+        "reply); doubled after each further try.")
+    mail_retry_max_seconds: float = setting(
+        "VIO_MAIL_RETRY_MAX_SECONDS", 3600.0, _seconds,
+        "Longest wait between two tries of one message.")
+    mail_max_attempts: int = setting(
+        "VIO_MAIL_MAX_ATTEMPTS", 12, _int(1, 100),
+        "Tries of one message before it is marked failed (a reminder is withdrawn sooner, "
+        "when its session begins).")
+    mail_link_days: int = setting(
+        "VIO_MAIL_LINK_DAYS", 30, _int(1, 365),
+        "A message's unsubscribe and \"I can't make it\" links work this many days after it "
+        "was sent (\"I can't make it\" never after its session has ended).")
+    outreach_lookback_days: int = setting(
+        "VIO_OUTREACH_LOOKBACK_DAYS", 28, _int(7, 366),
+        "How far back the dashboard's outreach list looks for unexcused absences in a row.")
     cookie_secure: bool = setting(
         "VIO_COOKIE_SECURE", False, _bool,
         "Send cookies only over HTTPS. Always so when `VIO_PUBLIC_BASE_URL` is `https://…`.")
@@ -393,6 +503,15 @@ class Settings:
         if settings.turn_urls and not settings.turn_secret:
             raise SettingsError("VIO_TURN_URLS is set but VIO_TURN_SECRET is not: "
                                 "TURN credentials are minted with that secret")
+        if settings.room_lease_seconds < 2 * settings.node_heartbeat_seconds:
+            raise SettingsError("VIO_ROOM_LEASE_SECONDS must be at least twice "
+                                "VIO_NODE_HEARTBEAT_SECONDS: a lease outlives a missed renewal")
+        if settings.smtp_url and not settings.mail_from:
+            raise SettingsError("VIO_SMTP_URL is set but VIO_MAIL_FROM is not: every message "
+                                "needs a From address")
+        if settings.mail_claim_seconds < 2 * settings.smtp_timeout_seconds:
+            raise SettingsError("VIO_MAIL_CLAIM_SECONDS must be at least twice "
+                                "VIO_SMTP_TIMEOUT_SECONDS: a send outlives its claim otherwise")
         if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
             raise SettingsError("VIO_TLS_CERT_FILE and VIO_TLS_KEY_FILE go together: "
                                 "set both, or neither")

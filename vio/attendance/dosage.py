@@ -181,16 +181,25 @@ def seconds_by_day(intervals: Iterable[AttendanceInterval], timezone: str) -> di
     return {day: seconds // SECOND for day, seconds in sorted(spent.items())}
 
 
-def consecutive_absences(sessions: Iterable[ScheduledAttendance], as_of: datetime) -> int:
-    """Unexcused absences in a row, counting back from the last session over by ``as_of``."""
-    streak = 0
-    over = [s for s in sessions if s.ends_at <= as_of]
+def absence_streak(sessions: Iterable[ScheduledAttendance], as_of: datetime,
+                   since: datetime | None = None) -> tuple[ScheduledAttendance, ...]:
+    """The unexcused absences in a row (oldest first), counting back from the last session
+    over by ``as_of``; with ``since`` (when staff last reached out), only sessions that
+    started after it count. An excused absence is skipped; attending any part ends the row."""
+    streak: list[ScheduledAttendance] = []
+    over = [s for s in sessions
+            if s.ends_at <= as_of and (since is None or s.starts_at > since)]
     for session in sorted(over, key=lambda s: s.starts_at, reverse=True):
         if session.status is AttendanceStatus.ABSENT:
-            streak += 1
+            streak.append(session)
         elif session.status in ATTENDED:
             break
-    return streak
+    return tuple(reversed(streak))
+
+
+def consecutive_absences(sessions: Iterable[ScheduledAttendance], as_of: datetime) -> int:
+    """Unexcused absences in a row, counting back from the last session over by ``as_of``."""
+    return len(absence_streak(sessions, as_of))
 
 
 @dataclass(frozen=True)

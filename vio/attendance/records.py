@@ -40,7 +40,8 @@ from vio.attendance.intervals import (
     needs_heartbeats,
     presence_now,
 )
-from vio.attendance.models import REASON_MAX_CHARS, AttendanceReview
+from vio.attendance.models import REASON_MAX_CHARS, AbsenceNotice, AttendanceReview
+from vio.attendance.notices import notices_for
 from vio.identity import family_invite_identity, patient_identity, staff_identity
 from vio.models import (
     AttendanceEvent,
@@ -86,10 +87,12 @@ class SessionOutcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PersonRecord:
-    """One person's measured attendance at a session, and the therapist's override if any."""
+    """One person's measured attendance at a session, the therapist's override if any, and
+    the patient's notice that they can't make it (excuses an absence, nothing else)."""
 
     attendance: PersonAttendance
     override: AttendanceReview | None = None
+    notice: AbsenceNotice | None = None  # the patient said ahead they can't make it
 
     @property
     def person(self) -> str:
@@ -107,6 +110,8 @@ class PersonRecord:
     def status(self) -> AttendanceStatus:
         if self.override is not None and self.override.status is not None:
             return self.override.status
+        if self.notice is not None and self.attendance.status is AttendanceStatus.ABSENT:
+            return AttendanceStatus.EXCUSED
         return self.attendance.status
 
 
@@ -270,7 +275,9 @@ def _ended_at(events: Iterable[Event]) -> datetime | None:
 
 def _assemble(session: Session, events: list[Event], expected: set[int],
               reviews: list[AttendanceReview], threshold: int,
-              holds: Sequence[Hold] = (), now: datetime | None = None) -> SessionAttendance:
+              holds: Sequence[Hold] = (), now: datetime | None = None,
+              notices: dict[tuple[int, int], AbsenceNotice] | None = None,
+              ) -> SessionAttendance:
     window = SessionWindow(session.starts_at, session.ends_at)
     running = (now is not None and _ended_at(events) is None
                and session.status not in (SessionStatus.ENDED, SessionStatus.CANCELLED)
@@ -287,8 +294,10 @@ def _assemble(session: Session, events: list[Event], expected: set[int],
     people = sorted(measured.values(), key=lambda p: (ROLE_ORDER.get(p.role, len(ROLE_ORDER)),
                                                       p.person))
     return SessionAttendance(session=session, window=window, sign_off=sign_off,
-                             people=tuple(PersonRecord(p, overrides.get(p.person))
-                                          for p in people),
+                             people=tuple(PersonRecord(
+                                 p, overrides.get(p.person),
+                                 (notices or {}).get((session.id, p.patient_id or 0))
+                                 if p.role == PATIENT_ROLE else None) for p in people),
                              ended_at=_ended_at(events), presence=presence_now(events))
 
 
@@ -302,8 +311,10 @@ async def session_attendance(db: AsyncSession, sessions: Sequence[Session],
     expected = await expected_patients(db, sessions)
     reviews = await load_reviews(db, ids)
     holds = await load_holds(db, sessions)
+    notices = await notices_for(db, ids)
     return [_assemble(s, events.get(s.id, []), expected[s.id], reviews.get(s.id, []),
-                      present_threshold_percent, holds.get(s.id, []), now) for s in sessions]
+                      present_threshold_percent, holds.get(s.id, []), now, notices)
+            for s in sessions]
 
 
 async def session_record(db: AsyncSession, session: Session, program: Program,

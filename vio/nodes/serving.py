@@ -6,7 +6,11 @@ reconnect, and land on a live node) and the rooms shut down.
 
 ``--workers N`` runs N node processes on one machine sharing the HTTP port (``SO_REUSEPORT``:
 the kernel spreads new connections over them), each with its own slice of the media port range.
-They need ``VIO_REDIS_URL`` (and a database all of them reach).
+They need ``VIO_REDIS_URL`` (and a database all of them reach). A worker that dies is started
+again, in its own slice, after ``VIO_WORKER_RESTART_SECONDS``; the wait doubles after each death
+that follows a run shorter than ``VIO_WORKER_RESTART_MAX_SECONDS`` (its cap), so a worker that
+cannot start does not spin. Each death and restart is logged. A crash then costs the rooms of
+one worker a move, not half the machine for good.
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
 import uvicorn
+
+from vio.settings import Settings
+
+WORKER_POLL_SECONDS = 0.2  # how often the parent looks at its workers
 
 
 class NodeServer(uvicorn.Server):
@@ -53,26 +62,67 @@ def port_slices(port_range: tuple[int, ...], workers: int) -> list[str | None]:
     return [f"{low + i * size}-{low + (i + 1) * size - 1}" for i in range(workers)]
 
 
-def run_workers(argv: Sequence[str], workers: int, port_range: tuple[int, ...]) -> int:
-    """Start ``workers`` node processes with ``argv`` (a ``vio serve --worker`` command line)
-    and wait for them; SIGTERM and Ctrl-C are passed on to each."""
-    children = []
-    for index, ports in enumerate(port_slices(port_range, workers)):
+def _ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _say(line: str) -> None:
+    print(f"vio serve: {line}", file=sys.stderr, flush=True)
+
+
+def run_workers(argv: Sequence[str], workers: int, settings: Settings) -> int:
+    """Start ``workers`` node processes with ``argv`` (a ``vio serve --worker`` command line),
+    start again any that dies, and return when all have stopped after SIGTERM or Ctrl-C, which
+    are passed on to each."""
+    slices = port_slices(settings.rtc_port_range, workers)
+    first, longest = settings.worker_restart_seconds, settings.worker_restart_max_seconds
+
+    def start(index: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, "VIO_WORKER_INDEX": str(index)}
-        if ports is not None:
-            env["VIO_RTC_PORT_RANGE"] = ports
-        children.append(subprocess.Popen([sys.executable, "-m", "vio.cli", *argv], env=env))
+        if slices[index] is not None:
+            env["VIO_RTC_PORT_RANGE"] = str(slices[index])
+        return subprocess.Popen([sys.executable, "-m", "vio.cli", *argv], env=env)
+
+    children = [start(index) for index in range(workers)]
+    started = [time.monotonic()] * workers
+    waits = [first] * workers
+    due: dict[int, float] = {}  # worker -> when it starts again
+    stopping: list[int] = []
 
     def pass_on(sig: int, frame: FrameType | None) -> None:
+        stopping.append(sig)
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)
 
     signal.signal(signal.SIGTERM, pass_on)
     signal.signal(signal.SIGINT, pass_on)
-    codes = []
-    for child in children:
-        code = child.wait()
-        # uvicorn ends by raising the signal it stopped for, once it has shut down cleanly.
-        codes.append(0 if code in (-signal.SIGTERM, -signal.SIGINT) else code)
+    while not (stopping and all(child.poll() is not None for child in children)):
+        now = time.monotonic()
+        for index, child in enumerate(children):
+            code = child.poll()
+            if stopping or code is None or index in due:
+                continue
+            wait = first if now - started[index] >= longest else waits[index]
+            waits[index] = min(wait * 2, longest)
+            due[index] = now + wait
+            _say(f"worker {index} (pid {child.pid}) {_ended(code)}; starting a new one in "
+                 f"{wait:g} s")
+        for index, when in list(due.items()):
+            if stopping:
+                due.clear()
+            elif now >= when:
+                del due[index]
+                children[index] = start(index)
+                started[index] = now
+                _say(f"worker {index} started again (pid {children[index].pid})")
+        time.sleep(WORKER_POLL_SECONDS)
+    # uvicorn ends by raising the signal it stopped for, once it has shut down cleanly.
+    codes = [0 if child.returncode in (-signal.SIGTERM, -signal.SIGINT) else child.returncode
+             for child in children]
     return max(codes, default=0)

@@ -4,7 +4,8 @@
   status, the therapist's overrides (with a reason) and the sign-off that locks the record.
 - ``/staff/patients/{id}/dosage``: weekly hours against the target across the enrollment.
 - ``/staff/dashboard``: this week's dosage for every active patient, alerts first; each alert
-  can be dismissed for the week with a note (``POST /staff/patients/{id}/alerts``).
+  can be dismissed for the week with a note (``POST /staff/patients/{id}/alerts``); the
+  outreach list (``vio.pages.outreach``).
 - ``/staff/exports/attendance.csv`` and ``.fhir.json`` (``?from=&to=``): audited downloads.
 
 Charts are SVG drawn on the server from the geometry computed here; each has a table beside it
@@ -48,6 +49,7 @@ from vio.pages.common import (
     staff_page,
     state,
 )
+from vio.pages.outreach import outreach_list
 from vio.pages.staff import session_for_staff, viewed
 from vio.policy import Action, Scope, may
 
@@ -287,6 +289,8 @@ async def dashboard(request: Request, db: AsyncSession, viewer: Viewer,
                   report=report, flagged=flagged, alert_labels=ALERT_LABELS,
                   dismissed_count=len(dismissed),
                   awaiting=await _awaiting_sign_off(db, program, viewer, now),
+                  outreach=await outreach_list(request, db, program, [p for p, _ in report],
+                                               now),
                   zone=ZoneInfo(program.timezone), export_from=export_from,
                   export_to=export_to, note_max=dismissals.NOTE_MAX_CHARS)
 

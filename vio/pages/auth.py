@@ -36,7 +36,7 @@ from vio.pages.common import (
     begin_sign_in,
     checked_form,
     current_viewer,
-    disconnect_sign_ins,
+    recheck_rooms,
     render,
     sign_out,
     state,
@@ -182,7 +182,8 @@ async def _new_password(request: Request, db: AsyncSession, row: SignInSession,
                                     via="password+totp" if second_factor_used else "password",
                                     new_password_set=True)
             await db.commit()
-            disconnect_sign_ins(request, ended)
+            if ended:
+                await recheck_rooms(request)
             await app.sign_in_attempts.clear(f"{_client(request)}|{staff.email}")
             request.session.pop(SECOND_FACTOR_PASSED_KEY, None)
             return RedirectResponse(next_page, status_code=303)

@@ -2,13 +2,14 @@
 CSRF and capped forms, bounded ids in paths, and the staff gate.
 
 Who is asking comes from the sign-in cookie, which holds only the opaque token of a sign-in
-session kept on the server (``vio.identity``), or from a room ticket bound to one. Ending a
-sign-in here also takes its connections out of every live room at once.
+session kept on the server (``vio.identity``), or from a room ticket bound to one. After a change
+that ends someone's place (a sign-out, a revoked link or consent, an account turned off) the
+pages call ``recheck_rooms``: every live room, on every node, looks its people up again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,14 +26,12 @@ from starlette.templating import Jinja2Templates
 
 from vio import identity
 from vio.clock import Clock
-from vio.errors import refusal
 from vio.identity import ANONYMOUS as ANONYMOUS
 from vio.identity import ROOM_TICKET_NAMESPACE as ROOM_TICKET_NAMESPACE
 from vio.identity import EndReason, NewSignIn, SignInRules
 from vio.identity import Viewer as Viewer
 from vio.identity import ViewerRole as ViewerRole
 from vio.policy import Scope, scope_for
-from vio.rooms.admission import Person
 from vio.security import AttemptCounter, Signer, csrf_ok, new_csrf_token
 from vio.settings import Settings
 
@@ -114,10 +113,7 @@ def _in_live_room(conn: HTTPConnection) -> Callable[[int], bool]:
     directory = getattr(conn.app.state, "rooms", None)
 
     def holds(sign_in_id: int) -> bool:
-        if directory is None:
-            return False
-        return any(p.person.sign_in_id == sign_in_id
-                   for live in list(directory.rooms.values()) for p in live.room.everyone())
+        return directory is not None and bool(directory.holds_sign_in(sign_in_id))
 
     return holds
 
@@ -152,21 +148,23 @@ def begin_sign_in(request: Request, new: NewSignIn) -> None:
         request.session[DEVICE_KEY] = device
 
 
-def disconnect(conn: HTTPConnection, which: Callable[[Person], bool], code: str) -> int:
-    """Take every matching connection out of every live room now (they may come back if
-    the rules let them)."""
-    return int(conn.app.state.rooms.remove_matching(which, refusal(code), keep_out=False))
+async def recheck_rooms(conn: HTTPConnection) -> int:
+    """After a committed change that may end someone's place in a room: every live room, here
+    and on every other node, looks its people up again and removes whoever lost it, with the
+    refusal the records call for (``vio.rooms.standing``). Returns how many left rooms here."""
+    return int(await conn.app.state.rooms.recheck_everywhere())
 
 
-def disconnect_sign_ins(conn: HTTPConnection, sign_in_ids: Iterable[int],
-                        code: str = "signed-out") -> int:
-    ended = set(sign_in_ids)
-    if not ended:
-        return 0
-    rooms = conn.app.state.rooms
-    # Through the directory's broadcast: the rooms of every node, not only this one's.
-    return sum(int(rooms.remove_people("sign_in_id", sign_in, refusal(code), keep_out=False))
-               for sign_in in sorted(ended))
+async def sign_in_of(conn: HTTPConnection, db: AsyncSession, ticket: str | None,
+                     session_id: int) -> int | None:
+    """The sign-in a room connection comes with: the one its ticket names, else the cookie's
+    (while it holds). Only the id: the room looks the person up (``RoomDirectory.enter``)."""
+    app = state(conn)
+    if ticket:
+        return identity.ticket_sign_in(app.signer, ticket, session_id)
+    row = await identity.sign_in_for_token(db, conn.session.get(SIGN_IN_KEY), app.clock.now(),
+                                           app.sign_in_rules, _in_live_room(conn))
+    return None if row is None else row.id
 
 
 async def sign_out(request: Request, db: AsyncSession, viewer: Viewer) -> None:
@@ -175,7 +173,8 @@ async def sign_out(request: Request, db: AsyncSession, viewer: Viewer) -> None:
         ended = await identity.end_sign_ins(db, state(request).clock.now(),
                                             EndReason.SIGNED_OUT, sign_in_id=viewer.sign_in_id)
         await db.commit()
-        disconnect_sign_ins(request, ended)
+        if ended:
+            await recheck_rooms(request)
     request.session.pop(SIGN_IN_KEY, None)
     request.session.pop("csrf", None)
 

@@ -22,8 +22,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from vio import audit_chain, clinic, family, identity
-from vio.errors import refusal
 from vio.identity import EndReason
+from vio.mail import outbox
 from vio.models import (
     Consent,
     ConsentKind,
@@ -40,18 +40,18 @@ from vio.pages.common import (
     begin_sign_in,
     checked_form,
     current_viewer,
-    disconnect_sign_ins,
     forbidden,
     not_found,
+    recheck_rooms,
     render,
     staff_page,
     state,
 )
 from vio.pages.forms import FormProblem
+from vio.pages.rescheduling import wake_mail
 from vio.pages.staff import session_for_staff
 from vio.policy import Action, Scope, may
 from vio.protocol import NAME_MAX_CHARS
-from vio.rooms.records import NEEDED_CONSENTS
 from vio.security import AttemptCounter
 
 PROBLEM_STATUS = {
@@ -204,12 +204,11 @@ def _date_end(raw: object) -> datetime | None:
 async def end_family_sign_ins(request: Request, db: AsyncSession, reason: EndReason, *,
                               family_member_id: int | None = None,
                               family_invite_id: int | None = None) -> None:
-    ended = await identity.end_sign_ins(db, state(request).clock.now(), reason,
-                                        family_member_id=family_member_id,
-                                        family_invite_id=family_invite_id)
+    await identity.end_sign_ins(db, state(request).clock.now(), reason,
+                                family_member_id=family_member_id,
+                                family_invite_id=family_invite_id)
     await db.commit()
-    disconnect_sign_ins(request, ended, "consent-revoked" if reason is
-                        EndReason.CONSENT_REVOKED else "invite-revoked")
+    await recheck_rooms(request)
 
 
 async def _revoke_consent(request: Request, db: AsyncSession, viewer: Viewer,
@@ -219,22 +218,15 @@ async def _revoke_consent(request: Request, db: AsyncSession, viewer: Viewer,
     app = state(request)
     await family.revoke_consent(db, consent, viewer.actor, app.clock.now())
     await db.commit()
-    rooms = request.app.state.rooms
     if consent.family_member_id is not None:
-        rooms.remove_family_member(consent.family_member_id, refusal("consent-revoked"))
         await end_family_sign_ins(request, db, EndReason.CONSENT_REVOKED,
                                   family_member_id=consent.family_member_id)
         return
-    patient_id = consent.patient_id
     if consent.kind is ConsentKind.TELEHEALTH:
-        ended = await identity.end_sign_ins(db, app.clock.now(), EndReason.CONSENT_REVOKED,
-                                            patient_id=patient_id)
+        await identity.end_sign_ins(db, app.clock.now(), EndReason.CONSENT_REVOKED,
+                                    patient_id=consent.patient_id)
         await db.commit()
-        disconnect_sign_ins(request, ended, "consent-missing")
-    for live in list(rooms.rooms.values()):
-        if consent.kind in NEEDED_CONSENTS[live.room.facts.kind]:
-            live.remove_matching(lambda person: person.patient_id == patient_id,
-                                 refusal("consent-missing"), False)
+    await recheck_rooms(request)  # every room, on every node, that needs the consent
 
 
 async def _family_change(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope,
@@ -248,7 +240,8 @@ async def _family_change(request: Request, db: AsyncSession, viewer: Viewer, sco
                               name=forms.text(form, "name", "A family member's name"),
                               relationship_to_patient=forms.text(form, "relationship",
                                                                  "The relationship"),
-                              contact=forms.text(form, "contact", "Contact", required=False))
+                              contact=forms.text(form, "contact", "Contact", required=False),
+                              email=forms.email(form, "Email"))
         db.add(member)
         await db.flush()
         await audit_chain.audit(db, now, viewer.actor, "family-member-added",
@@ -336,6 +329,7 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer,
         return not_found(request, "There is no such session, or it is not yours.")
     now = app.clock.now()
     error = link = None
+    emailed = False
     members = await _family_for(db, session)
     if request.method == "POST":
         form = await checked_form(request)
@@ -346,8 +340,6 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer,
             else:
                 await family.revoke_invite(db, invite, viewer.actor, now)
                 await db.commit()
-                request.app.state.rooms.remove_family_member(
-                    invite.family_member_id, refusal("invite-revoked"))
                 await end_family_sign_ins(request, db, EndReason.LINKS_REVOKED,
                                           family_invite_id=invite.id)
         else:
@@ -361,12 +353,17 @@ async def session_invites(request: Request, db: AsyncSession, viewer: Viewer,
                 except family.InviteRefused as refused:
                     error = refused.message
                 else:
+                    emailed = await outbox.queue_family_invite(
+                        db, app.settings, session, member, int(token.partition(".")[0]), token,
+                        now) is not None
                     await db.commit()
+                    wake_mail(request)
                     link = f"{app.settings.public_base_url}/i/{token}"
     invites = (await db.execute(select(FamilyInvite).where(
         FamilyInvite.session_id == session.id).order_by(FamilyInvite.id))).scalars().all()
     return render(request, "family/staff_invites.html", status_code=400 if error else 200,
                   session=session, members=members, invites=invites, error=error, link=link,
+                  emailed=emailed, mail_on=outbox.mail_on(app.settings),
                   now=now, names={m.id: m.name for m in members})
 
 

@@ -82,6 +82,20 @@ def text(form: Fields, name: str, label: str, required: bool = True) -> str:
     return value
 
 
+def email(form: Fields, label: str, name: str = "email") -> str:
+    """An email address to write to (``""`` when left empty); ``FormProblem`` when it is not
+    one address."""
+    from vio.mail.compose import AddressProblem, checked_address
+
+    value = text(form, name, label, required=False)
+    if not value:
+        return ""
+    try:
+        return checked_address(value)
+    except AddressProblem as problem:
+        raise FormProblem(f"{label} {problem}.") from None
+
+
 def whole(raw: object, low: int = 1, high: int = 10 ** MAX_ID_DIGITS - 1) -> int | None:
     """An ASCII whole number in [low, high], or None for anything else (``²``, ``1e9``, …)."""
     if not isinstance(raw, str):

@@ -1,9 +1,10 @@
 """What logs may show: never a link token, invite secret or room ticket.
 
-``redact`` blanks the secret part of personal links (``/p/…``), family invites (``/i/…``) and
-the ``ticket`` (and any ``token``, ``secret`` or ``code``) query parameter. ``RedactSecrets`` is
-a logging filter that applies it to a record's message and arguments in place, keeping the
-arguments' shape (uvicorn's access-log formatter unpacks them). ``install`` puts it on the
+``redact`` blanks the secret part of personal links (``/p/…``), family invites (``/i/…``), the
+links in emails ("I can't make it" ``/m/…``, unsubscribe ``/u/…``) and the ``ticket`` (and any
+``token``, ``secret`` or ``code``) query parameter. ``RedactSecrets`` is a logging filter
+that applies it to a record's message and arguments in place, keeping the arguments' shape
+(uvicorn's access-log formatter unpacks them). ``install`` puts it on the
 uvicorn loggers, and ``install_on_handlers`` on every handler of the root and uvicorn loggers
 once logging is configured, so records from any logger pass through it.
 
@@ -20,7 +21,7 @@ __all__ = ["REDACTED", "RedactSecrets", "install", "install_on_handlers", "redac
 
 REDACTED = "[redacted]"
 _PATTERNS = (
-    (re.compile(r"/(p|i)/[^\s?#\"'/]+"), rf"/\1/{REDACTED}"),
+    (re.compile(r"/(p|i|m|u)/[^\s?#\"'/]+"), rf"/\1/{REDACTED}"),
     (re.compile(r"([?&;](?:ticket|token|secret|code)=)[^&\s\"'#]*", re.IGNORECASE),
      rf"\1{REDACTED}"),
 )

@@ -1,9 +1,9 @@
 """The signaling WebSocket: per connection one reader, one writer with a bounded outbox.
 
 A handshake whose ``Origin`` is not ``VIO_PUBLIC_BASE_URL`` is refused before anything else
-(``origin_allowed``). The reader waits for ``join``, finds out who is asking (cookie or room
-ticket) and what the records say about the session, then hands the connection to the
-session's ``LiveRoom``; every
+(``origin_allowed``). The reader waits for ``join``, finds which sign-in is asking (cookie or
+room ticket), then enters the session's room by that sign-in (``RoomDirectory.enter``, which
+looks the person up), on this node or, relayed, on the node that owns the room; every
 later frame is parsed (``vio.protocol``) and handed to the room's message table. The writer
 drains the ``Outbox`` with a send deadline: a client that does not take its messages in time is
 dropped (``too-slow``) and leaves the room at that moment. Whichever of the two ends first ends
@@ -17,16 +17,14 @@ import contextlib
 import json
 import logging
 import urllib.parse
-from datetime import timedelta
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from vio.errors import BadMessage, Dropped, Refusal, VioError, close_code
+from vio.errors import BadMessage, Dropped, Refusal, VioError, close_code, refusal
+from vio.models import Session
 from vio.nodes.node import Node
-from vio.pages.common import current_viewer, state, viewer_from_ticket
+from vio.pages.common import sign_in_of, state
 from vio.protocol import message, parse
-from vio.rooms import records
-from vio.rooms.admission import EMPTY_ROOM, admission
 from vio.rooms.directory import RoomDirectory
 from vio.rooms.outbox import CONNECTION_LOST, TOO_SLOW, Outbox
 
@@ -97,27 +95,20 @@ async def _read(ws: WebSocket, outbox: Outbox, session_id: int) -> None:
         name = await _await_join(ws, outbox, settings.join_timeout_seconds,
                                  settings.ws_max_message_bytes)
         async with app.db() as db:
-            ticket = ws.query_params.get("ticket")
-            viewer = (await viewer_from_ticket(ws, db, ticket, session_id) if ticket
-                      else await current_viewer(ws, db))
-            person = await records.person_for(db, viewer)
-            facts = await records.load_facts(db, session_id, app.clock.now())
-        if facts is None or person is None:
-            admission(person, facts, EMPTY_ROOM, app.clock.now(), timedelta())  # raises
-            return
+            sign_in_id = await sign_in_of(ws, db, ws.query_params.get("ticket"), session_id)
+            if sign_in_id is None:
+                raise refusal("not-signed-in")
+            if await db.get(Session, session_id) is None:
+                raise refusal("no-such-session")
         node: Node | None = ws.app.state.node
+        epoch = None
         if node is not None:
-            owner = await node.owner_for(session_id)
+            owner, epoch = await node.owner_for(session_id)
             if owner != node.id:  # the room lives on another node: relay to it
-                await node.relay(owner, session_id, person, name, outbox, lambda: _receive(
+                await node.relay(owner, session_id, sign_in_id, name, outbox, lambda: _receive(
                     ws, settings.ws_idle_timeout_seconds))
                 return
-        saved = None
-        if session_id not in directory.rooms:
-            async with app.db() as db:
-                saved = await records.load_room_state(db, session_id)
-        live = directory.room_for(facts, saved)
-        participant = live.join(person, outbox, facts, name)
+        live, participant = await directory.enter(session_id, sign_in_id, outbox, name, epoch)
         while outbox.alive:
             live.receive(participant, await _receive(ws, settings.ws_idle_timeout_seconds),
                          settings.ws_max_message_bytes)

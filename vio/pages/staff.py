@@ -45,11 +45,10 @@ from vio.pages.common import (
     Viewer,
     ViewerRole,
     checked_form,
-    disconnect,
-    disconnect_sign_ins,
     forbidden,
     local_time,
     not_found,
+    recheck_rooms,
     render,
     staff_page,
     state,
@@ -103,8 +102,10 @@ async def today(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope
     # From the attendance log in the shared database: right whichever node holds the room.
     found = await records.session_attendance(db, sessions, program.present_threshold_percent,
                                              now)
+    # Patients who said they can't make it (``vio.attendance.notices``), by name.
+    names = await person_names(db, [p.person for r in found for p in r.patients if p.notice])
     return render(request, "staff/today.html", program=program, rows=found, now=now,
-                  day=local_day, outcome=SessionOutcome, presence=Presence)
+                  day=local_day, outcome=SessionOutcome, presence=Presence, names=names)
 
 
 # --- patients ----------------------------------------------------------------------------
@@ -137,6 +138,7 @@ def _fill_patient(patient: Patient, form: FormData) -> None:
                                                  required=False)
     patient.home_address = forms.text(form, "home_address", "Home address", required=False)
     patient.phone = forms.text(form, "phone", "Patient phone", required=False)
+    patient.email = forms.email(form, "Email")
     patient.usual_location = forms.text(form, "usual_location", "Usual location",
                                         required=False)
 
@@ -154,13 +156,11 @@ async def patients(request: Request, db: AsyncSession, viewer: Viewer,
 
 
 async def end_patient_sign_ins(request: Request, db: AsyncSession, patient_id: int,
-                               reason: EndReason, code: str) -> None:
+                               reason: EndReason) -> None:
     """End every sign-in of the patient and take their connections out of live rooms."""
-    ended = await identity.end_sign_ins(db, state(request).clock.now(), reason,
-                                        patient_id=patient_id)
+    await identity.end_sign_ins(db, state(request).clock.now(), reason, patient_id=patient_id)
     await db.commit()
-    disconnect_sign_ins(request, ended, code)
-    disconnect(request, lambda person: person.patient_id == patient_id, code)
+    await recheck_rooms(request)
 
 
 @staff_page()
@@ -208,8 +208,7 @@ async def patient_edit(request: Request, db: AsyncSession, viewer: Viewer,
                 await audit_chain.audit(db, app.clock.now(), viewer.actor, "patient-links-revoked",
                                         f"patient:{patient.id}", count=count)
                 await db.commit()
-                await end_patient_sign_ins(request, db, patient.id, EndReason.LINKS_REVOKED,
-                                           "signed-out")
+                await end_patient_sign_ins(request, db, patient.id, EndReason.LINKS_REVOKED)
         elif action == "save":
             if patient.id is not None and not may(scope, Action.EDIT, patient):
                 return forbidden(request, "Only the patient's therapists and admins can "

@@ -23,9 +23,8 @@ from vio.pages.auth import password_field
 from vio.pages.common import (
     Viewer,
     checked_form,
-    disconnect,
-    disconnect_sign_ins,
     forbidden,
+    recheck_rooms,
     render,
     staff_page,
     state,
@@ -54,12 +53,6 @@ CONFIRM = {
 OWN_RESET = "To change your own password, use Your sign-in."
 
 
-def _end_connections(request: Request, staff_id: int, ended: list[int]) -> None:
-    """After the commit: the person's ended sign-ins leave every live room at once."""
-    disconnect_sign_ins(request, ended)
-    disconnect(request, lambda person: person.staff_id == staff_id, "signed-out")
-
-
 async def _manage(request: Request, db: AsyncSession, viewer: Viewer, scope: Scope,
                   form: FormData) -> Response | str:
     """One admin action on a colleague's account: a redirect or page when done, else the
@@ -78,15 +71,14 @@ async def _manage(request: Request, db: AsyncSession, viewer: Viewer, scope: Sco
                 return OWN_RESET
             reset = await staff_accounts.reset_sign_in(
                 db, member, now, viewer.actor, second_factor=form.get("second_factor") == "yes")
-            ended = reset.ended_sign_ins
         else:
-            ended = await staff_accounts.set_active(db, member, action == "activate", now,
-                                                    viewer.actor, asked_by=acting)
+            await staff_accounts.set_active(db, member, action == "activate", now,
+                                            viewer.actor, asked_by=acting)
     except staff_accounts.AccountRefused as refused:
         return refused.message
     await db.commit()
-    if action != "activate":
-        _end_connections(request, member.id, ended)
+    if action != "activate":  # the person's connections leave every live room at once
+        await recheck_rooms(request)
     if action == "reset":  # the temporary password is shown this once, never kept
         return await _team_page(request, db, viewer, scope, reset_for=member, reset=reset)
     return RedirectResponse("/staff/team", status_code=303)
@@ -146,7 +138,8 @@ async def _change_own_password(request: Request, db: AsyncSession, viewer: Viewe
     except staff_accounts.AccountRefused as refused:
         return refused.message
     await db.commit()
-    disconnect_sign_ins(request, ended)
+    if ended:
+        await recheck_rooms(request)
     return None
 
 

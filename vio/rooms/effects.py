@@ -129,6 +129,12 @@ class KeepSignedIn:
 
 
 @dataclass(frozen=True)
+class Recheck:
+    """Look up again whether everyone here still stands where they did when they came in (a
+    sign-in ended, a consent or link revoked, an account turned off) and remove who does not."""
+
+
+@dataclass(frozen=True)
 class CloseMedia:
     """Close every media connection of the room."""
 
@@ -139,5 +145,5 @@ class RoomClosed:
 
 
 Effect = (Send | Close | Record | Audit | SaveStatus | SaveExtension | AddMedia | RemoveMedia
-          | AcceptAnswer | SetSpace | SetForwarding | ShowSafetyCard | KeepSignedIn | CloseMedia
-          | RoomClosed)
+          | AcceptAnswer | SetSpace | SetForwarding | ShowSafetyCard | KeepSignedIn | Recheck
+          | CloseMedia | RoomClosed)

@@ -9,7 +9,13 @@ never retried blindly, and never leaves the state half-changed:
 * a ``Record`` that fails skips the acknowledgements after it in its batch, and the connection
   it concerns is dropped (``server-error``), so nobody is in the room unrecorded;
 * media that cannot be set up for a newcomer refuses them (``media-unavailable``);
-* a refused answer gets ``bad-answer`` and changes nothing.
+* a refused answer gets ``bad-answer`` and changes nothing;
+* a write the database refuses because the room's epoch is behind (another node took the room,
+  ``vio.rooms.fences``) stops the room here at once: everyone is told to reconnect
+  (``server-restart``) and lands on the new owner, and nothing more is written from here.
+
+The room's people are re-checked against the records (``recheck``, ``vio.rooms.standing``) when
+its clock says so and whenever the directory asks.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from vio.rooms.effects import (
     CloseMedia,
     Effect,
     KeepSignedIn,
+    Recheck,
     Record,
     RemoveMedia,
     RoomClosed,
@@ -47,12 +54,17 @@ from vio.rooms.effects import (
     SetSpace,
     ShowSafetyCard,
 )
+from vio.rooms.fences import StaleEpoch
 from vio.rooms.outbox import Outbox
+from vio.rooms.people import People
 from vio.rooms.room import Participant, Room
 
 log = logging.getLogger(__name__)
 
 RECORD_FAILED = Dropped("server-error", "We could not save your attendance; please join again.")
+MOVED = Dropped("server-restart", "The session moved to another server; reconnecting.")
+# Effects that write to the records: none is carried out once the room is fenced off.
+WRITES = (Record, Audit, SaveStatus, SaveExtension, KeepSignedIn, ShowSafetyCard, Recheck)
 
 
 class RoomStore:
@@ -61,21 +73,25 @@ class RoomStore:
     async def audit(self, actor: str, action: str, target: str, **detail: Any) -> None:
         return None
 
-    async def set_status(self, session_id: int, status: SessionStatus) -> None:
+    async def set_status(self, session_id: int, status: SessionStatus,
+                         epoch: int | None = None) -> None:
         return None
 
-    async def extend(self, session_id: int, minutes: int) -> datetime | None:
+    async def extend(self, session_id: int, minutes: int,
+                     epoch: int | None = None) -> datetime | None:
         return None
 
-    async def record(self, session_id: int, event: RoomEvent) -> None:
-        """Append an attendance event; returns once it is committed."""
+    async def record(self, session_id: int, event: RoomEvent, epoch: int | None = None) -> None:
+        """Append an attendance event; returns once it is committed. Raises ``StaleEpoch``
+        when the database refuses ``epoch``."""
         return None
 
     async def safety_card(self, session_id: int, patient_id: int, actor: str) -> dict[str, Any]:
         """The patient's safety card for this session; the look is audited."""
         return {}
 
-    async def save_state(self, session_id: int, state: dict[str, Any]) -> None:
+    async def save_state(self, session_id: int, state: dict[str, Any],
+                         epoch: int | None = None) -> None:
         """Keep the room's durable state (``Room.durable``), replacing what was kept."""
         return None
 
@@ -88,11 +104,17 @@ class LiveRoom:
     """One room of this process: its state machine, media router, store and clock."""
 
     def __init__(self, room: Room, media: MediaRouter, store: RoomStore,
-                 on_closed: Callable[[LiveRoom], Awaitable[None]] | None = None) -> None:
+                 on_closed: Callable[[LiveRoom], Awaitable[None]] | None = None, *,
+                 people: People | None = None, epoch: int | None = None,
+                 on_fenced: Callable[[LiveRoom], None] | None = None) -> None:
         self.room = room
         self.media = media
         self.store = store
+        self.people = people or People()
+        self.epoch = epoch  # of this node's lease on the room (None: one process)
+        self.fenced = False  # the database refused this epoch: the room lives elsewhere now
         self._on_closed = on_closed
+        self._on_fenced = on_fenced
         self._batches: deque[list[Effect]] = deque()
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
@@ -157,6 +179,33 @@ class LiveRoom:
         self.apply(self.room.remove_matching(which, reason, keep_out))
         return before - len(self.room.everyone())
 
+    async def recheck(self) -> int:
+        """Look up whether everyone here still belongs (``vio.rooms.standing``) and remove who
+        does not; returns how many were removed."""
+        people = {p.id: p.person for p in self.room.everyone()}
+        if not people or self.fenced:
+            return 0
+        refused = await self.people.standing(self.room.facts.kind, people)
+        if refused:
+            self.apply(self.room.remove_connections(refused))
+        return len(refused)
+
+    def stop(self, reason: Dropped) -> None:
+        """Close every connection (they reconnect elsewhere) and the media; the session goes
+        on, on another node."""
+        self.apply(self.room.shutdown(reason))
+
+    def fence(self) -> None:
+        """Another node has the room now: write nothing more, and send everyone there."""
+        if self.fenced:
+            return
+        self.fenced = True
+        log.error("room %s: the room moved on from epoch %s; stopping it here", self.id,
+                  self.epoch)
+        self.stop(MOVED)
+        if self._on_fenced is not None:
+            self._on_fenced(self)
+
     async def shutdown(self) -> None:
         """This server is stopping: close every connection and the media; the session goes on."""
         self.apply(self.room.shutdown())
@@ -195,11 +244,19 @@ class LiveRoom:
         for effect in batch:
             if unrecorded is not None and isinstance(effect, (Send, AddMedia)):
                 continue
+            if self.fenced and isinstance(effect, WRITES):
+                continue
             try:
                 if isinstance(effect, RoomClosed):
                     over = True
                 else:
                     await self._one(effect)
+            except StaleEpoch:
+                log.error("room %s: the database refused a write at epoch %s", self.id,
+                          self.epoch)
+                self.fence()
+                if isinstance(effect, Record) and effect.event.connection:
+                    unrecorded = effect.event.connection
             except Exception as error:
                 if isinstance(effect, Record):
                     log.error("room %s: an attendance record (%s) failed: %s", self.id,
@@ -225,13 +282,13 @@ class LiveRoom:
         elif isinstance(effect, Close):
             effect.outbox.close(effect.reason)
         elif isinstance(effect, Record):
-            await self.store.record(room.id, effect.event)
+            await self.store.record(room.id, effect.event, epoch=self.epoch)
         elif isinstance(effect, Audit):
             await self.store.audit(effect.actor, effect.action, effect.target, **effect.detail)
         elif isinstance(effect, SaveStatus):
-            await self.store.set_status(room.id, effect.status)
+            await self.store.set_status(room.id, effect.status, epoch=self.epoch)
         elif isinstance(effect, SaveExtension):
-            await self.store.extend(room.id, effect.minutes)
+            await self.store.extend(room.id, effect.minutes, epoch=self.epoch)
         elif isinstance(effect, AddMedia):
             if effect.participant_id in room.participants:  # not gone meanwhile
                 await self.media.add_participant(effect.participant_id,
@@ -251,6 +308,8 @@ class LiveRoom:
                                   name=effect.name, **card))
         elif isinstance(effect, KeepSignedIn):
             await self.store.keep_signed_in(effect.sign_in_ids)
+        elif isinstance(effect, Recheck):
+            await self.recheck()
         elif isinstance(effect, CloseMedia):
             await self.media.close()
 
@@ -258,10 +317,14 @@ class LiveRoom:
         """Keep the room's durable state whenever it changed (and with every heartbeat, so
         the saved moment is never older than one heartbeat)."""
         state = self.room.durable()
-        if state == self._saved and not force:
+        if self.fenced or (state == self._saved and not force):
             return
         try:
-            await self.store.save_state(self.id, state)
+            await self.store.save_state(self.id, state, epoch=self.epoch)
+        except StaleEpoch:
+            log.error("room %s: the database refused its state at epoch %s", self.id,
+                      self.epoch)
+            self.fence()
         except Exception as error:
             log.error("room %s: saving its state failed: %s", self.id, type(error).__name__)
         else:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, select
+from sqlalchemy import BigInteger, ForeignKey, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -35,6 +38,7 @@ from vio.models import (
     SessionKind,
     SessionStatus,
 )
+from vio.rooms import fences
 from vio.rooms.admission import Expected, InviteFacts, Person, Role, SessionFacts
 from vio.rooms.effects import RoomEvent
 from vio.rooms.live import RoomStore
@@ -56,6 +60,7 @@ class SavedRoom(Base):
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
     state: Mapped[dict[str, Any]]
     saved_at: Mapped[datetime]
+    epoch: Mapped[int | None] = mapped_column(BigInteger)  # of the room that saved it
 
 
 async def load_room_state(db: AsyncSession,
@@ -66,12 +71,12 @@ async def load_room_state(db: AsyncSession,
 
 
 async def save_room_state(db: AsyncSession, session_id: int, state: dict[str, Any],
-                          at: datetime) -> None:
+                          at: datetime, epoch: int | None = None) -> None:
     saved = await db.get(SavedRoom, session_id)
     if saved is None:
-        db.add(SavedRoom(session_id=session_id, state=state, saved_at=at))
+        db.add(SavedRoom(session_id=session_id, state=state, saved_at=at, epoch=epoch))
     else:
-        saved.state, saved.saved_at = state, at
+        saved.state, saved.saved_at, saved.epoch = state, at, epoch
     await db.commit()
 
 
@@ -158,11 +163,12 @@ async def load_facts(db: AsyncSession, session_id: int, now: datetime) -> Sessio
         invites=invites, expected=expected)
 
 
-async def append_event(db: AsyncSession, session_id: int, at: datetime, event: RoomEvent) -> None:
-    """Append one attendance event and commit it."""
+async def append_event(db: AsyncSession, session_id: int, at: datetime, event: RoomEvent,
+                       epoch: int | None = None) -> None:
+    """Append one attendance event and commit it (refused when ``epoch`` is behind)."""
     db.add(AttendanceEvent(session_id=session_id, at=at, kind=event.kind, person=event.person,
                            role=event.role, connection=event.connection,
-                           patient_id=event.patient_id, detail=event.detail))
+                           patient_id=event.patient_id, detail=event.detail, epoch=epoch))
     await db.commit()
 
 
@@ -213,7 +219,8 @@ class DatabaseRoomStore(RoomStore):
     """The rooms' store: each write in its own transaction, committed before the room goes on.
 
     Writes from every room of the process go one at a time (``_writing``): on SQLite a storm
-    of joins then queues here instead of failing with "database is locked".
+    of joins then queues here instead of failing with "database is locked". A write carrying
+    an epoch the database refuses raises ``fences.StaleEpoch``.
     """
 
     def __init__(self, db: async_sessionmaker[AsyncSession], clock: Clock) -> None:
@@ -226,21 +233,38 @@ class DatabaseRoomStore(RoomStore):
             await audit_chain.audit(session, self.clock.now(), actor, action, target, **detail)
             await session.commit()
 
-    async def set_status(self, session_id: int, status: SessionStatus) -> None:
+    @asynccontextmanager
+    async def _fenced(self, session_id: int, epoch: int | None) -> AsyncIterator[AsyncSession]:
+        """One write's transaction, refused if ``epoch`` is behind the room's (attendance and
+        the saved state pass None here: their rows carry the epoch, and the database's triggers
+        refuse them)."""
         async with self._writing, self.db() as session:
+            try:
+                await fences.check(session, session_id, epoch)
+                yield session
+            except DBAPIError as error:
+                if fences.is_stale(error):
+                    raise fences.StaleEpoch(f"room {session_id}: a write of an old epoch") from None
+                raise
+
+    async def set_status(self, session_id: int, status: SessionStatus,
+                         epoch: int | None = None) -> None:
+        async with self._fenced(session_id, epoch) as session:
             await set_status(session, session_id, status)
 
-    async def extend(self, session_id: int, minutes: int) -> datetime | None:
-        async with self._writing, self.db() as session:
+    async def extend(self, session_id: int, minutes: int,
+                     epoch: int | None = None) -> datetime | None:
+        async with self._fenced(session_id, epoch) as session:
             return await extend(session, session_id, minutes)
 
-    async def record(self, session_id: int, event: RoomEvent) -> None:
-        async with self._writing, self.db() as session:
-            await append_event(session, session_id, self.clock.now(), event)
+    async def record(self, session_id: int, event: RoomEvent, epoch: int | None = None) -> None:
+        async with self._fenced(session_id, None) as session:
+            await append_event(session, session_id, self.clock.now(), event, epoch)
 
-    async def save_state(self, session_id: int, state: dict[str, Any]) -> None:
-        async with self._writing, self.db() as session:
-            await save_room_state(session, session_id, state, self.clock.now())
+    async def save_state(self, session_id: int, state: dict[str, Any],
+                         epoch: int | None = None) -> None:
+        async with self._fenced(session_id, None) as session:
+            await save_room_state(session, session_id, state, self.clock.now(), epoch)
 
     async def keep_signed_in(self, sign_in_ids: tuple[int, ...]) -> None:
         async with self._writing, self.db() as session:

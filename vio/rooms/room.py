@@ -37,6 +37,7 @@ from vio.rooms.effects import (
     CloseMedia,
     Effect,
     KeepSignedIn,
+    Recheck,
     Record,
     RemoveMedia,
     RoomClosed,
@@ -115,6 +116,7 @@ class Room:
         self.ended = False
         self.pending_warnings = sorted(settings.warning_minutes, reverse=True)
         self.last_heartbeat: datetime | None = None
+        self.last_recheck: datetime | None = None
 
     @property
     def id(self) -> int:
@@ -408,6 +410,20 @@ class Room:
             effects += self._depart(p, AttendanceKind.REMOVED, reason, reason=reason.code)
         return effects
 
+    def remove_connections(self, refused: dict[str, Refusal]) -> list[Effect]:
+        """Refuse and disconnect these connections (by participant id), each for its reason:
+        the re-check found that they no longer stand where they did when they came in. They
+        may come back when the records let them."""
+        effects: list[Effect] = []
+        for participant_id, reason in refused.items():
+            p = self.participants.get(participant_id) or self.waiting.get(participant_id)
+            if p is None:
+                continue
+            effects.append(self._to([p], message("refused", code=reason.code,
+                                                 message=reason.message)))
+            effects += self._depart(p, AttendanceKind.REMOVED, reason, reason=reason.code)
+        return effects
+
     # --- a participant's own messages -----------------------------------------------------
 
     def ping(self, participant: Participant) -> list[Effect]:
@@ -656,6 +672,13 @@ class Room:
                                if p.person.sign_in_id is not None})
             if sign_ins:
                 effects.append(KeepSignedIn(tuple(sign_ins)))
+        recheck = timedelta(seconds=self.settings.room_recheck_seconds)
+        if self.last_recheck is None:
+            self.last_recheck = now
+        elif now - self.last_recheck >= recheck:
+            self.last_recheck = now
+            if self.everyone():
+                effects.append(Recheck())
         return effects
 
     def end(self, why: str) -> list[Effect]:
@@ -675,9 +698,10 @@ class Room:
                 *(Close(p.outbox, reason) for p in everyone),
                 CloseMedia(), RoomClosed()]
 
-    def shutdown(self) -> list[Effect]:
-        """This server is stopping: everyone drops (to reconnect elsewhere); the session goes on."""
-        reason = Dropped("server-restart", "The server is restarting; reconnecting.")
+    def shutdown(self, reason: Dropped | None = None) -> list[Effect]:
+        """This server is stopping (or gives the room to another node): everyone drops, to
+        reconnect elsewhere; the session goes on."""
+        reason = reason or Dropped("server-restart", "The server is restarting; reconnecting.")
         effects: list[Effect] = []
         for p in self.everyone():
             effects += self._depart(p, AttendanceKind.DROPPED, reason, reason=reason.code)
