@@ -113,7 +113,7 @@ async def _migration_seals_and_opens(url: str) -> None:
             await _alembic(engine, None, "upgrade", "head")
         assert await _raw_seeds(engine) == clear  # refused, and nothing changed
 
-        assert await migrate(engine, TEST_KEYS) == ["0010"]
+        assert await migrate(engine, TEST_KEYS, "0010") == ["0010"]
         sealed = await _raw_seeds(engine)
         for staff_id, seed in seeds.items():
             stored = sealed[staff_id]

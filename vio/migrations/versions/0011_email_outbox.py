@@ -121,5 +121,6 @@ def downgrade() -> None:
     for table, column in (("sessions", "rescheduled_at"), ("sessions", "calendar_sequence"),
                           ("family_members", "email_unsubscribed_at"),
                           ("family_members", "email"), ("patients", "email")):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column(column)
+        # A plain DROP COLUMN (SQLite 3.35+): a batch rebuild would drop the table, which
+        # other tables point at.
+        op.drop_column(table, column)

@@ -80,8 +80,7 @@ def downgrade() -> None:
                    + (f" ON {table}" if postgres else ""))
     if postgres:
         op.execute("DROP FUNCTION IF EXISTS vio_refuse_stale_epoch()")
-    with op.batch_alter_table("room_states") as batch:
-        batch.drop_column("epoch")
-    with op.batch_alter_table("attendance_events") as batch:
-        batch.drop_column("epoch")
+    # Plain DROP COLUMNs (SQLite 3.35+): a batch rebuild would drop tables others point at.
+    op.drop_column("room_states", "epoch")
+    op.drop_column("attendance_events", "epoch")
     op.drop_table("room_fences")
