@@ -132,8 +132,9 @@ async def scenario(links: dict[str, Any]) -> dict[str, Any]:
                                      links["admin"]["email"], "--password",
                                      links["admin"]["password"], "--seconds",
                                      str(seconds(60)), "--no-camera", "--no-mic")
+            # A new process that signs in first: on a busy machine it takes longer than a page.
             await therapist.wait_for_selector(".tile-name:has-text('Sam Okafor')",
-                                              timeout=ms(30))
+                                              timeout=ms(90))
             await therapist.wait_for_selector(".tile-name:has-text('Marcus L.')",
                                               timeout=ms(30))
 
